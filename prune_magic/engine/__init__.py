@@ -1,0 +1,43 @@
+"""The pure engine of prune_magic: imports torch only, never IPython, ipywidgets or matplotlib.
+
+Everything a ``%%prune`` cell does, a script can do with these functions.
+"""
+
+from __future__ import annotations
+
+from .errors import HistoryError, PruneError, RecipeError, SelectionError
+from .history import Entry, History, forget, history, reset, undo
+from .masks import Masks, keep_masks
+from .prune import EvaluationError, PruneResult, StepResult, prune
+from .recipe import Recipe, Step, parse_recipe
+from .report import SPARSE_FORMAT, Report, Row, count_macs, report
+from .selection import Target, select
+
+__all__ = [
+    "SPARSE_FORMAT",
+    "Entry",
+    "EvaluationError",
+    "History",
+    "HistoryError",
+    "Masks",
+    "PruneError",
+    "PruneResult",
+    "Recipe",
+    "RecipeError",
+    "Report",
+    "Row",
+    "SelectionError",
+    "Step",
+    "StepResult",
+    "Target",
+    "count_macs",
+    "forget",
+    "history",
+    "keep_masks",
+    "parse_recipe",
+    "prune",
+    "report",
+    "reset",
+    "select",
+    "undo",
+]

@@ -1,0 +1,188 @@
+"""Per-model history of steps: undo, reset, and knowing when someone else changed the model.
+
+The history lives beside the model (in a weak map), never on it: the model stays a
+plain ``nn.Module`` whose ``state_dict``, ``deepcopy`` and pickling are untouched. A copy
+of a model starts with no history.
+
+Every parameter and buffer carries a version counter that torch bumps on each in-place
+change (an optimizer step, ``load_state_dict``, ...). After each step the history notes
+them; when they differ later, the model was changed outside prune_magic, and undoing
+would mix old and new weights. Edits through ``tensor.data`` bypass the counter and
+are not seen.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .errors import HistoryError
+from .report import format_bytes
+from .snapshot import TensorRecord, restore_all, tensors_by_name
+
+
+@dataclass
+class Entry:
+    """One step applied to a model."""
+
+    step: str
+    records: list[TensorRecord]
+    sparsity: float
+    seconds: float
+    undoable: bool = True
+
+    @property
+    def undo_bytes(self) -> int:
+        """Memory this entry keeps for its undo (on the CPU)."""
+        return sum(r.nbytes for r in self.records)
+
+
+@dataclass
+class History:
+    """The undoable steps of one model, oldest first."""
+
+    entries: list[Entry] = field(default_factory=list)
+    note: str = ""
+    versions: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def undo_bytes(self) -> int:
+        return sum(e.undo_bytes for e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __str__(self) -> str:
+        lines = [f"{'#':>2}  {'step':<48} {'sparsity':>8} {'undo memory':>12}"]
+        for i, entry in enumerate(self.entries, start=1):
+            memory = format_bytes(entry.undo_bytes) if entry.undoable else "not kept"
+            lines.append(f"{i:>2}  {entry.step:<48} {entry.sparsity:>8.1%} {memory:>12}")
+        if not self.entries:
+            lines.append("    (no steps)")
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{i}</td><td><code>{e.step}</code></td><td>{e.sparsity:.1%}</td>"
+            f"<td>{format_bytes(e.undo_bytes) if e.undoable else 'not kept'}</td></tr>"
+            for i, e in enumerate(self.entries, start=1)
+        )
+        note = f"<p>{self.note}</p>" if self.note else ""
+        return (
+            "<table><thead><tr><th>#</th><th>step</th><th>sparsity</th><th>undo memory</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table>{note}"
+        )
+
+
+_HISTORIES: weakref.WeakKeyDictionary[nn.Module, History] = weakref.WeakKeyDictionary()
+
+
+def history(model: nn.Module) -> History:
+    """The steps applied to ``model`` that can be undone, oldest first.
+
+    >>> from torch import nn
+    >>> len(history(nn.Linear(2, 2)))
+    0
+    """
+    return _HISTORIES.get(model) or History()
+
+
+def _versions(model: nn.Module) -> dict[str, tuple[int, int]]:
+    return {name: (id(t), t._version) for name, t in tensors_by_name(model).items()}
+
+
+def changed_outside(model: nn.Module) -> list[str]:
+    """Names of tensors changed since the last step recorded on ``model``."""
+    known = _HISTORIES.get(model)
+    if known is None or not known.entries:
+        return []
+    now = _versions(model)
+    return [name for name in now.keys() | known.versions.keys() if now.get(name) != known.versions.get(name)]
+
+
+def begin(model: nn.Module) -> str:
+    """Get ready for a new step; returns a note if earlier steps had to be dropped."""
+    changed = changed_outside(model)
+    if not changed:
+        return ""
+    old = _HISTORIES[model]
+    note = (
+        f"{_names(changed)} changed outside prune_magic after step {len(old)} ({old.entries[-1].step});"
+        " history starts again from the current weights"
+    )
+    _HISTORIES[model] = History(note=note)
+    return note
+
+
+def commit(model: nn.Module, entry: Entry) -> None:
+    """Record a step that has been applied to ``model``."""
+    past = _HISTORIES.setdefault(model, History())
+    if not entry.undoable:  # the steps before it can no longer be reached bit-exactly
+        past.entries.clear()
+        past.note = f"step {entry.step!r} kept no undo record; reset returns to the weights after it"
+    else:
+        past.entries.append(entry)
+    past.versions = _versions(model)
+
+
+def sync_versions(model: nn.Module) -> None:
+    """Note the current versions after prune_magic itself put the weights back."""
+    past = _HISTORIES.get(model)
+    if past is not None:
+        past.versions = _versions(model)
+
+
+def undo(model: nn.Module) -> Entry:
+    """Restore ``model`` to its state before the last step, bit for bit; return that step.
+
+    Raises :class:`HistoryError` when there is nothing to undo or the model was changed
+    outside prune_magic since the last step.
+    """
+    past = _checked(model, "undo")
+    entry = past.entries[-1]
+    restore_all(model, entry.records)
+    past.entries.pop()
+    past.versions = _versions(model)
+    return entry
+
+
+def reset(model: nn.Module) -> list[Entry]:
+    """Undo every step, back to the weights the history started from; return the steps."""
+    past = _checked(model, "reset")
+    undone = []
+    while past.entries:
+        undone.append(past.entries[-1])
+        restore_all(model, past.entries[-1].records)
+        past.entries.pop()
+    past.versions = _versions(model)
+    return undone
+
+
+def forget(model: nn.Module) -> int:
+    """Drop the history of ``model`` (its weights stay as they are); return the bytes freed."""
+    past = _HISTORIES.pop(model, None)
+    return past.undo_bytes if past else 0
+
+
+def _checked(model: nn.Module, verb: str) -> History:
+    past = _HISTORIES.get(model)
+    if past is None or not past.entries:
+        note = f" ({past.note})" if past and past.note else ""
+        raise HistoryError(f"nothing to {verb}: no prune_magic step has been applied to this model{note}")
+    changed = changed_outside(model)
+    if changed:
+        raise HistoryError(
+            f"cannot {verb}: {_names(changed)} changed outside prune_magic since the last step"
+            f" ({past.entries[-1].step}), e.g. by training; {verb} would mix old and new weights."
+            " Keep the current weights with pm.forget(model), or train inside pm.keep_masks(...)"
+        )
+    return past
+
+
+def _names(names: list[str]) -> str:
+    names = sorted(names)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

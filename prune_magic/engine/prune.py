@@ -1,0 +1,243 @@
+"""``prune(model, recipe)``: everything a ``%%prune`` cell does, in one call.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+>>> result = prune(model, "clip amount=0.5")
+>>> round(result.steps[0].sparsity, 2)
+0.5
+>>> _ = undo(model)  # back to the dense weights, bit for bit
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import numbers
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .clip import apply_clip
+from .errors import PruneError
+from .history import Entry, begin, commit, sync_versions, undo
+from .recipe import Recipe, Step, parse_recipe
+from .report import Report
+from .report import report as _measure
+from .selection import Target, select
+from .snapshot import TensorRecord, deferred_interrupt, restore_all
+
+Metric = float | dict[str, float]
+Evaluate = Callable[[nn.Module], object]
+
+__all__ = ["EvaluationError", "PruneResult", "StepResult", "prune", "undo"]
+
+
+class EvaluationError(PruneError):
+    """The ``evaluate`` function raised, or returned something that is not a metric."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one recipe line did."""
+
+    step: Step
+    targets: tuple[str, ...]
+    sparsity: float
+    seconds: float
+    changed: int | None  # values changed; None when no undo record was kept
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """The outcome of :func:`prune`: per-step results, reports and metrics before/after."""
+
+    recipe: Recipe
+    steps: tuple[StepResult, ...]
+    before: Report | None
+    after: Report | None
+    metric_before: Metric | None
+    metric_after: Metric | None
+    dry_run: bool
+    seconds: float
+    note: str = ""
+
+    def lines(self) -> list[str]:
+        """The summary, one fact a line."""
+        out = []
+        if self.dry_run:
+            out.append("dry run: the model was not changed")
+        for s in self.steps:
+            out.append(
+                f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse ({s.seconds * 1e3:.0f} ms)"
+            )
+        if self.before is not None and self.after is not None:
+            b, a = self.before, self.after
+            out.append(
+                f"nonzero {b.nonzero:,} -> {a.nonzero:,} of {a.params:,} params "
+                f"(sparsity {b.sparsity:.1%} -> {a.sparsity:.1%})"
+            )
+        if self.metric_before is not None and self.metric_after is not None:
+            out.extend(_metric_lines(self.metric_before, self.metric_after))
+        if self.note:
+            out.append(f"note: {self.note}")
+        return out
+
+    def __str__(self) -> str:
+        text = "\n".join(self.lines())
+        if self.after is not None:
+            text += "\n\n" + str(self.after)
+        return text
+
+    def _repr_html_(self) -> str:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in self.lines())
+        table = self.after._repr_html_() if self.after is not None else ""
+        return f"<ul>{items}</ul>{table}"
+
+
+def prune(
+    model: nn.Module,
+    recipe: str | Recipe | Step | Iterable[str],
+    *,
+    evaluate: Evaluate | None = None,
+    example_input: object = None,
+    dry_run: bool = False,
+    undo: bool = True,
+    report: bool = True,
+) -> PruneResult:
+    """Apply ``recipe`` to ``model`` in place and say what changed.
+
+    The whole recipe and every ``layers=``/``exclude=`` pattern are checked before the
+    model is touched. If anything fails later (a step, ``evaluate``, Ctrl-C), every
+    step of this call is rolled back and the error is raised.
+
+    Args:
+        model: the ``nn.Module`` to prune, in place.
+        recipe: recipe text (one step a line) or a parsed :class:`Recipe`.
+        evaluate: ``evaluate(model) -> float | dict[str, float]``, called before and after.
+        example_input: a tensor (or tuple of inputs) to count MACs with.
+        dry_run: report what the recipe would do, then restore the model exactly.
+        undo: keep an undo record (on the CPU, the changed values plus one bit per
+            weight). ``False`` saves that memory for very large models; the step cannot
+            be undone then, nor rolled back if ``evaluate`` fails afterwards.
+        report: measure per-tensor sparsity before and after (``False`` skips the passes).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    parsed = parse_recipe(recipe)
+    selections = [_select(model, step) for step in parsed.steps]
+    started = time.perf_counter()
+    note = begin(model)
+    metric_before = _evaluate(evaluate, model)
+    before = _measure(model, example_input) if report else None
+    keep = undo or dry_run
+    done: list[Entry] = []
+    results = []
+    try:
+        for step, targets in zip(parsed.steps, selections):
+            entry, result = _apply(step, targets, keep, done)
+            results.append(result)
+        after = _measure(model, example_input) if report else None
+        metric_after = _evaluate(evaluate, model)
+    except BaseException:
+        _rollback(model, done)
+        raise
+    if dry_run:
+        _rollback(model, done)
+    else:
+        for entry in done or [Entry(str(r.step), [], r.sparsity, r.seconds, undoable=False) for r in results]:
+            commit(model, entry)
+    return PruneResult(
+        parsed,
+        tuple(results),
+        before,
+        after,
+        metric_before,
+        metric_after,
+        dry_run,
+        time.perf_counter() - started,
+        note,
+    )
+
+
+def _select(model: nn.Module, step: Step) -> list[Target]:
+    layers, exclude = step.options.get("layers"), step.options.get("exclude")
+    try:
+        return select(model, layers, exclude)  # type: ignore[arg-type]
+    except PruneError as exc:
+        raise type(exc)(f"line {step.line}: {exc}") from None
+
+
+def _apply(step: Step, targets: list[Target], keep: bool, done: list[Entry]) -> tuple[Entry, StepResult]:
+    started = time.perf_counter()
+    records: list[TensorRecord] | None = [] if keep else None
+    entry = Entry(str(step), records or [], math.nan, 0.0)
+    if records is None:
+        with deferred_interrupt():  # no record to roll back with: don't stop half-way
+            apply_clip(step, targets, None)
+    else:
+        entry.records = records
+        done.append(entry)  # before applying, so a failure half-way is rolled back too
+        apply_clip(step, targets, records)
+    entry.sparsity = _sparsity(targets)
+    entry.seconds = time.perf_counter() - started
+    changed = sum(r.changed for r in records) if records is not None else None
+    names = tuple(t.name for t in targets)
+    return entry, StepResult(step, names, entry.sparsity, entry.seconds, changed)
+
+
+def _rollback(model: nn.Module, done: list[Entry]) -> None:
+    for entry in reversed(done):
+        restore_all(model, entry.records)
+    sync_versions(model)
+
+
+@torch.no_grad()
+def _sparsity(targets: list[Target]) -> float:
+    total = sum(t.param.numel() for t in targets)
+    nonzero = sum(int(torch.count_nonzero(t.param)) for t in targets)
+    return 1 - nonzero / total if total else 0.0
+
+
+def _evaluate(evaluate: Evaluate | None, model: nn.Module) -> Metric | None:
+    if evaluate is None:
+        return None
+    name = getattr(evaluate, "__name__", "evaluate")
+    try:
+        value = evaluate(model)
+    except Exception as exc:
+        raise EvaluationError(f"{name}(model) raised {type(exc).__name__}: {exc}") from exc
+    metric = as_metric(value)
+    if metric is None:
+        raise EvaluationError(
+            f"{name}(model) returned {type(value).__name__} {value!r:.60}; "
+            "return a number (e.g. accuracy) or a dict of numbers"
+        )
+    return metric
+
+
+def as_metric(value: object) -> Metric | None:
+    """A float or a {name: float} dict from what an eval function returned, else None."""
+    if isinstance(value, Mapping):
+        metrics = {str(k): as_metric(v) for k, v in value.items()}
+        if not metrics or any(not isinstance(v, float) for v in metrics.values()):
+            return None
+        return metrics  # type: ignore[return-value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _metric_lines(before: Metric, after: Metric) -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        pairs = [(k, before[k], after[k]) for k in before if k in after]
+    elif isinstance(before, float) and isinstance(after, float):
+        pairs = [("metric", before, after)]
+    else:
+        return []
+    return [f"{k} {b:.4g} -> {a:.4g} ({a - b:+.4g})" for k, b, a in pairs]

@@ -1,0 +1,192 @@
+"""The recipe language: one step a line, ``key=value`` options, ``#`` comments.
+
+>>> recipe = parse_recipe('''
+... # keep the classifier dense
+... clip amount=80% scope=global exclude=classifier
+... ''')
+>>> recipe.steps[0].options["amount"]
+0.8
+>>> str(recipe)
+'clip amount=0.8 scope=global exclude=classifier'
+
+The whole recipe is validated before any model is touched; every error names
+the line and, where it can, the nearest valid word.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import RecipeError, did_you_mean
+
+OptionKind = Literal["fraction", "nonnegative", "choice", "patterns"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one ``key=value`` option of a step is read and checked."""
+
+    kind: OptionKind
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepSchema:
+    """The options a step takes; ``one_of`` lists options of which exactly one is required."""
+
+    help: str
+    options: Mapping[str, Option]
+    one_of: tuple[str, ...] = ()
+    # option -> the option it only makes sense with
+    requires: Mapping[str, str] = field(default_factory=dict)
+
+
+_SELECT = {
+    "layers": Option(
+        "patterns",
+        "comma-separated module names, globs (features.*) or types (Linear, Conv2d)",
+    ),
+    "exclude": Option("patterns", "the same kind of patterns, removed from the selection"),
+}
+
+SCHEMAS: Mapping[str, StepSchema] = {
+    "clip": StepSchema(
+        help="zero the weights of smallest magnitude |w|",
+        options={
+            "amount": Option("fraction", "fraction of weights to zero, 0 <= amount < 1 (0.8 or 80%)"),
+            "threshold": Option("nonnegative", "zero every weight with |w| < threshold"),
+            "sigma": Option("nonnegative", "per layer, threshold = sigma x std of the layer"),
+            "scope": Option(
+                "choice", "amount per layer, or one threshold over all layers", ("layer", "global")
+            ),
+            **_SELECT,
+        },
+        one_of=("amount", "threshold", "sigma"),
+        requires={"scope": "amount"},
+    ),
+}
+
+Value = float | str | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One parsed line of a recipe."""
+
+    kind: str
+    options: Mapping[str, Value]
+    line: int = 1
+
+    def __str__(self) -> str:
+        return " ".join([self.kind, *(f"{k}={_render(v)}" for k, v in self.options.items())])
+
+    def replace(self, **options: Value) -> Step:
+        """Return a copy with some options changed (validated like parsed text)."""
+        return parse_step(str(Step(self.kind, {**self.options, **options})), self.line)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered list of steps. ``str(recipe)`` gives back text that parses to it."""
+
+    steps: tuple[Step, ...]
+
+    def __str__(self) -> str:
+        return "\n".join(str(s) for s in self.steps)
+
+
+def parse_recipe(text: str | Recipe | Step | Iterable[str]) -> Recipe:
+    """Parse recipe text (or pass a :class:`Recipe` through) and validate every line."""
+    if isinstance(text, Recipe):
+        return text
+    if isinstance(text, Step):
+        return Recipe((text,))
+    lines = text.splitlines() if isinstance(text, str) else list(text)
+    steps = tuple(
+        parse_step(line, number) for number, line in enumerate(lines, start=1) if _tokens(line, number)
+    )
+    if not steps:
+        raise RecipeError("the recipe is empty; write one step a line, e.g. 'clip amount=0.5'")
+    return Recipe(steps)
+
+
+def parse_step(line: str, number: int = 1) -> Step:
+    """Parse one line such as ``clip amount=0.5 scope=global``."""
+    tokens = _tokens(line, number)
+    if not tokens:
+        raise RecipeError(f"line {number}: no step on this line")
+    kind, *words = tokens
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        raise RecipeError(
+            f"line {number}: unknown step {kind!r}{did_you_mean(kind, SCHEMAS)} (steps: {', '.join(SCHEMAS)})"
+        )
+    options: dict[str, Value] = {}
+    for word in words:
+        key, sep, raw = word.partition("=")
+        if not sep or not key:
+            raise RecipeError(
+                f"line {number}: expected key=value, got {word!r}"
+                f" (e.g. {kind} {next(iter(schema.options))}=...)"
+            )
+        option = schema.options.get(key)
+        if option is None:
+            raise RecipeError(
+                f"line {number}: {kind} has no option {key!r}{did_you_mean(key, schema.options)}"
+                f" (options: {', '.join(schema.options)})"
+            )
+        if key in options:
+            raise RecipeError(f"line {number}: {key}= is given twice")
+        options[key] = _value(option, key, raw, number)
+    given = [k for k in schema.one_of if k in options]
+    if schema.one_of and len(given) != 1:
+        choices = ", ".join(f"{k}=" for k in schema.one_of)
+        what = "needs one of" if not given else "takes only one of"
+        raise RecipeError(f"line {number}: {kind} {what} {choices}")
+    for key, needed in schema.requires.items():
+        if key in options and needed not in options:
+            raise RecipeError(f"line {number}: {key}= only applies with {needed}=")
+    return Step(kind, options, number)
+
+
+def _tokens(line: str, number: int) -> list[str]:
+    try:
+        return shlex.split(line, comments=True)
+    except ValueError as exc:  # unbalanced quotes
+        raise RecipeError(f"line {number}: {exc} in {line.strip()!r}") from None
+
+
+def _value(option: Option, key: str, raw: str, number: int) -> Value:
+    if option.kind == "choice":
+        if raw not in option.choices:
+            raise RecipeError(
+                f"line {number}: {key}={raw} is not valid{did_you_mean(raw, option.choices)}"
+                f" (choose {' or '.join(option.choices)})"
+            )
+        return raw
+    if option.kind == "patterns":
+        patterns = tuple(p.strip() for p in raw.split(","))
+        if not raw or any(not p for p in patterns):
+            raise RecipeError(f"line {number}: {key}= needs comma-separated names, e.g. {key}=fc1,fc2")
+        return patterns
+    percent = raw.endswith("%") and option.kind == "fraction"
+    try:
+        value = float(raw[:-1]) / 100 if percent else float(raw)
+    except ValueError:
+        raise RecipeError(f"line {number}: {key}={raw} is not a number ({option.help})") from None
+    if not math.isfinite(value) or value < 0 or (option.kind == "fraction" and value >= 1):
+        raise RecipeError(f"line {number}: {key}={raw} is out of range ({option.help})")
+    return value
+
+
+def _render(value: Value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float):
+        return repr(value) if value != int(value) or abs(value) >= 1e16 else str(int(value))
+    return value

@@ -1,0 +1,192 @@
+"""What a model holds: per-tensor sparsity, sizes and MACs, as text and HTML.
+
+>>> from torch import nn
+>>> r = report(nn.Linear(4, 2))
+>>> r.params, r.nonzero <= r.params
+(10, True)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+#: How :attr:`Report.sparse_bytes` counts: the smallest lossless store of a sparse tensor.
+SPARSE_FORMAT = "bitmask + nonzero values"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One parameter tensor of the model."""
+
+    name: str
+    module_type: str
+    shape: tuple[int, ...]
+    params: int
+    nonzero: int
+    dense_bytes: int
+    sparse_bytes: int
+    macs: int | None = None
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzero / self.params if self.params else 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """Per-tensor rows and model totals. ``str()`` is a table; notebooks show HTML."""
+
+    rows: tuple[Row, ...]
+    macs: int | None = None
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def nonzero(self) -> int:
+        return sum(r.nonzero for r in self.rows)
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzero / self.params if self.params else 0.0
+
+    @property
+    def dense_bytes(self) -> int:
+        return sum(r.dense_bytes for r in self.rows)
+
+    @property
+    def sparse_bytes(self) -> int:
+        """Bytes as a bitmask plus the nonzero values would store them (see SPARSE_FORMAT)."""
+        return sum(r.sparse_bytes for r in self.rows)
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def summary(self) -> str:
+        """One line with the totals."""
+        text = (
+            f"{self.params:,} params, {self.nonzero:,} nonzero ({self.sparsity:.1%} sparse); "
+            f"{format_bytes(self.dense_bytes)} dense, {format_bytes(self.sparse_bytes)} as {SPARSE_FORMAT}"
+        )
+        if self.macs is not None:
+            text += f"; {format_count(self.macs)} MACs per forward (zeros still cost MACs in dense kernels)"
+        return text
+
+    def _table(self) -> list[tuple[str, ...]]:
+        header: tuple[str, ...] = ("name", "type", "shape", "params", "nonzero", "sparsity")
+        if self.macs is not None:
+            header += ("MACs",)
+        body = []
+        for r in self.rows:
+            cells: tuple[str, ...] = (
+                r.name,
+                r.module_type,
+                "x".join(map(str, r.shape)) or "scalar",
+                f"{r.params:,}",
+                f"{r.nonzero:,}",
+                f"{r.sparsity:.1%}",
+            )
+            if self.macs is not None:
+                cells += (format_count(r.macs) if r.macs is not None else "",)
+            body.append(cells)
+        return [header, *body]
+
+    def __str__(self) -> str:
+        table = self._table()
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        right = {3, 4, 5, 6}
+        lines = [
+            "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            for row in table
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join([*lines, "", self.summary()])
+
+    def _repr_html_(self) -> str:
+        header, *body = self._table()
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body
+        )
+        return (
+            f"<table class='prune-magic-report'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            f"<p>{html.escape(self.summary())}</p>"
+        )
+
+
+def report(model: nn.Module, example_input: object = None, names: Sequence[str] | None = None) -> Report:
+    """Measure ``model``: one row per parameter (or per name in ``names``), plus totals.
+
+    With ``example_input`` (a tensor or a tuple of positional inputs), MACs per forward
+    are counted with PyTorch's FLOP counter, in total and per layer.
+    """
+    layer_macs: dict[str, int] = {}
+    total_macs = None
+    if example_input is not None:
+        total_macs, layer_macs = count_macs(model, example_input)
+    modules = dict(model.named_modules())
+    rows = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if names is not None and name not in names:
+                continue
+            owner, _, attr = name.rpartition(".")
+            numel = param.numel()
+            nonzero = int(torch.count_nonzero(param))
+            size = param.element_size()
+            rows.append(
+                Row(
+                    name=name,
+                    module_type=type(modules[owner]).__name__,
+                    shape=tuple(param.shape),
+                    params=numel,
+                    nonzero=nonzero,
+                    dense_bytes=numel * size,
+                    sparse_bytes=math.ceil(numel / 8) + nonzero * size,
+                    macs=layer_macs.get(owner) if attr == "weight" else None,
+                )
+            )
+    return Report(tuple(rows), total_macs)
+
+
+def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, int]]:
+    """Multiply-accumulates of one forward pass: the total and per module name."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*args)
+    root = type(model).__name__
+    per_module = {
+        key[len(root) + 1 :]: sum(counts.values()) // 2
+        for key, counts in counter.get_flop_counts().items()
+        if key.startswith(root + ".")
+    }
+    return counter.get_total_flops() // 2, per_module
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_count(n: float) -> str:
+    """``1_234_567`` -> ``'1.23M'``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"

@@ -1,0 +1,138 @@
+"""Undo, reset and history: nothing lost, bit for bit, and honest when it can't be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prune_magic as pm
+from prune_magic.engine import clip as clip_module
+from tests.conftest import same_bits, state
+
+
+def test_undo_goes_back_one_step_and_reset_to_the_start(mlp) -> None:
+    original = state(mlp)
+    pm.prune(mlp, "clip amount=0.5")
+    after_first = state(mlp)
+    pm.prune(mlp, "clip amount=0.8 scope=global\nclip threshold=0.05 layers=out")
+    assert [e.step for e in pm.history(mlp).entries] == [
+        "clip amount=0.5",
+        "clip amount=0.8 scope=global",
+        "clip threshold=0.05 layers=out",
+    ]
+    assert pm.undo(mlp).step == "clip threshold=0.05 layers=out"
+    pm.undo(mlp)
+    assert same_bits(mlp, after_first)
+    pm.prune(mlp, "clip sigma=1")
+    assert len(pm.reset(mlp)) == 2
+    assert same_bits(mlp, original)
+    assert len(pm.history(mlp)) == 0
+
+
+def test_history_lists_steps_with_sparsity_and_undo_memory(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.9 scope=global")
+    text = str(pm.history(mlp))
+    assert "clip amount=0.9 scope=global" in text and "90.0%" in text and "KiB" in text
+    assert "<table>" in pm.history(mlp)._repr_html_()
+
+
+def test_the_undo_record_costs_the_changed_values_plus_one_bit_per_weight(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.9 scope=global")
+    entry = pm.history(mlp).entries[-1]
+    n = sum(t.param.numel() for t in pm.select(mlp))
+    changed = sum(r.changed for r in entry.records)
+    assert changed == round(0.9 * n)
+    assert entry.undo_bytes <= changed * 4 + n / 8 + 8 * len(entry.records)
+
+
+def test_nothing_to_undo_says_so(mlp) -> None:
+    with pytest.raises(pm.HistoryError, match="nothing to undo: no prune_magic step has been applied"):
+        pm.undo(mlp)
+    with pytest.raises(pm.HistoryError, match="nothing to reset"):
+        pm.reset(mlp)
+
+
+def test_training_outside_prune_magic_is_noticed(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.5")
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    mlp(torch.randn(4, 64)).sum().backward()
+    opt.step()
+    trained = state(mlp)
+    with pytest.raises(
+        pm.HistoryError, match=r"cannot undo: .* changed outside prune_magic since the last step"
+    ):
+        pm.undo(mlp)
+    assert same_bits(mlp, trained)
+    result = pm.prune(mlp, "clip amount=0.6")  # builds on the trained weights
+    assert "history starts again" in result.note
+    pm.undo(mlp)
+    assert same_bits(mlp, trained)
+
+
+def test_forget_keeps_the_weights_and_frees_the_record(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.5")
+    pruned = state(mlp)
+    assert pm.forget(mlp) > 0
+    assert same_bits(mlp, pruned) and len(pm.history(mlp)) == 0
+
+
+def test_a_dry_run_changes_nothing_and_undo_still_works(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.3")
+    before = state(mlp)
+    result = pm.prune(mlp, "clip amount=0.9 scope=global", dry_run=True)
+    assert result.dry_run and result.after.sparsity > 0.85
+    assert same_bits(mlp, before) and len(pm.history(mlp)) == 1
+    pm.undo(mlp)
+
+
+def test_an_eval_that_raises_leaves_the_model_as_it_was(mlp) -> None:
+    before = state(mlp)
+    calls = []
+
+    def evaluate(model):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ZeroDivisionError("oops")
+        return 0.5
+
+    with pytest.raises(pm.EvaluationError, match=r"evaluate\(model\) raised ZeroDivisionError: oops"):
+        pm.prune(mlp, "clip amount=0.5\nclip amount=0.9", evaluate=evaluate)
+    assert same_bits(mlp, before) and len(pm.history(mlp)) == 0
+
+
+@pytest.mark.parametrize("bad", ["high", None, [0.5], {"acc": "x"}, {}])
+def test_an_eval_must_return_a_number_or_a_dict_of_numbers(mlp, bad) -> None:
+    with pytest.raises(pm.EvaluationError, match="return a number"):
+        pm.prune(mlp, "clip amount=0.5", evaluate=lambda m: bad)
+
+
+def test_metrics_before_and_after(mlp) -> None:
+    x = torch.randn(32, 64)
+    target = mlp(x).argmax(1)
+    result = pm.prune(
+        mlp, "clip amount=0.95", evaluate=lambda m: {"agree": (m(x).argmax(1) == target).float().mean()}
+    )
+    assert result.metric_before == {"agree": 1.0}
+    assert result.metric_after["agree"] < 1.0
+    assert any(line.startswith("agree 1 -> ") for line in result.lines())
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_a_step_interrupted_half_way_is_rolled_back(mlp, monkeypatch, exc) -> None:
+    pm.prune(mlp, "clip amount=0.2")
+    before = state(mlp)
+    real = clip_module._zero_below
+    calls = []
+
+    def flaky(target, key, records):
+        calls.append(target.name)
+        if len(calls) == 3:  # two tensors already clipped in this step
+            raise exc
+        real(target, key, records)
+
+    monkeypatch.setattr(clip_module, "_zero_below", flaky)
+    with pytest.raises(exc):
+        pm.prune(mlp, "clip threshold=0.05")
+    assert same_bits(mlp, before)
+    monkeypatch.undo()
+    pm.undo(mlp)  # the history still works: the rollback was not an outside change

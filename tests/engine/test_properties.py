@@ -1,0 +1,70 @@
+"""Properties over random shapes, values and amounts (hypothesis)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import prune_magic as pm
+from prune_magic.engine.magnitude import pack_bits, unpack_bits
+from tests.conftest import same_bits, state
+
+shapes = st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=4)
+
+
+def build(dims: list[tuple[int, int]], seed: int, duplicates: bool) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(*(nn.Linear(i, o, bias=False) for i, o in dims))
+    if duplicates:  # many exact ties, zeros and negative zeros
+        with torch.no_grad():
+            for layer in model:
+                layer.weight.copy_(torch.randint(-3, 4, layer.weight.shape).float() / 4)
+                layer.weight.view(-1)[0] = -0.0
+    return model
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dims=shapes,
+    seed=st.integers(0, 10_000),
+    amount=st.floats(0, 0.999),
+    scope=st.sampled_from(["layer", "global"]),
+    duplicates=st.booleans(),
+)
+def test_amount_gives_the_exact_count_and_undo_is_bit_exact(dims, seed, amount, scope, duplicates) -> None:
+    model = build(dims, seed, duplicates)
+    before = state(model)
+    weights = [m.weight for m in model]
+    zero_before = [int((w == 0).sum()) for w in weights]
+    pm.prune(model, f"clip amount={amount!r} scope={scope}")
+    zeros = [int((w == 0).sum()) for w in weights]
+    if scope == "layer":
+        assert zeros == [max(z, round(amount * w.numel())) for z, w in zip(zero_before, weights)]
+    else:
+        total = sum(w.numel() for w in weights)
+        assert sum(zeros) == max(sum(zero_before), round(amount * total))
+    pruned = state(model)
+    pm.undo(model)
+    assert same_bits(model, before)
+    pm.prune(model, f"clip amount={amount!r} scope={scope}")  # the same step again: the same result
+    assert same_bits(model, pruned)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims=shapes, seed=st.integers(0, 10_000), threshold=st.floats(0, 2), duplicates=st.booleans())
+def test_threshold_zeroes_exactly_the_small_magnitudes(dims, seed, threshold, duplicates) -> None:
+    model = build(dims, seed, duplicates)
+    before = [m.weight.detach().clone() for m in model]
+    pm.prune(model, f"clip threshold={threshold!r}")
+    for old, layer in zip(before, model):
+        small = old.abs() < threshold
+        assert (layer.weight[small] == 0).all()
+        assert torch.equal(layer.weight[~small], old[~small])
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=200))
+def test_bit_packing_round_trips(bits) -> None:
+    mask = torch.tensor(bits + [False] * (-len(bits) % 8))
+    assert unpack_bits(pack_bits(mask), len(bits)).tolist() == bits

@@ -1,0 +1,38 @@
+"""report(): per-tensor rows, totals, sizes and MACs."""
+
+from __future__ import annotations
+
+import torch
+
+import prune_magic as pm
+
+
+def test_rows_and_totals_after_clipping(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.75 layers=fc1")
+    r = pm.report(mlp)
+    fc1 = r.row("fc1.weight")
+    assert (fc1.module_type, fc1.shape, fc1.params, fc1.nonzero) == ("Linear", (256, 64), 16384, 4096)
+    assert fc1.sparsity == 0.75
+    assert r.params == sum(p.numel() for p in mlp.parameters())
+    assert r.dense_bytes == 4 * r.params
+    assert r.sparse_bytes == sum(-(-row.params // 8) + 4 * row.nonzero for row in r.rows)
+    assert r.sparse_bytes < r.dense_bytes
+
+
+def test_macs_of_linear_and_conv_layers(mlp, cnn) -> None:
+    r = pm.report(mlp, torch.randn(1, 64))
+    assert r.macs == 64 * 256 + 256 * 128 + 128 * 10
+    assert r.row("fc2.weight").macs == 256 * 128
+    c = pm.report(cnn, torch.randn(2, 1, 8, 8))
+    assert c.row("features.0.weight").macs == 2 * 8 * 8 * 8 * 9
+    assert c.row("classifier.weight").macs == 2 * 1024 * 10
+
+
+def test_text_and_html(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.5")
+    r = pm.report(mlp, torch.randn(1, 64))
+    text = str(r)
+    assert "fc1.weight" in text and "50.0%" in text and "bitmask + nonzero values" in text
+    assert "MACs" in text
+    html = r._repr_html_()
+    assert html.startswith("<table") and "fc2.weight" in html

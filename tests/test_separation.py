@@ -1,0 +1,25 @@
+"""Four rooms, one-way doors: the engine never imports the notebook stack, and the
+package import (what %load_ext does first) does not even import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_the_engine_imports_torch_but_not_ipython_ipywidgets_or_matplotlib() -> None:
+    modules = imported_after(
+        "import prune_magic.engine as e; import torch; e.prune(torch.nn.Linear(4, 4), 'clip amount=0.5')"
+    )
+    assert "torch" in modules
+    assert not {m for m in modules if m.split(".")[0] in {"IPython", "ipywidgets", "matplotlib"}}
+
+
+def test_importing_the_package_is_cheap() -> None:
+    assert "torch" not in imported_after("import prune_magic")
