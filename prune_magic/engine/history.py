@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -39,7 +40,7 @@ class Entry:
         return sum(r.nbytes for r in self.records)
 
 
-@dataclass
+@dataclass(repr=False)
 class History:
     """The undoable steps of one model, oldest first."""
 
@@ -53,6 +54,12 @@ class History:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"<History: {len(self.entries)} steps, {format_bytes(self.undo_bytes)} kept for undo>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
 
     def __str__(self) -> str:
         lines = [f"{'#':>2}  {'step':<48} {'sparsity':>8} {'undo memory':>12}"]

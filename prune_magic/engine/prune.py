@@ -17,6 +17,7 @@ import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class StepResult:
     changed: int | None  # values changed; None when no undo record was kept
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PruneResult:
     """The outcome of :func:`prune`: per-step results, reports and metrics before/after."""
 
@@ -82,9 +83,22 @@ class PruneResult:
             )
         if self.metric_before is not None and self.metric_after is not None:
             out.extend(_metric_lines(self.metric_before, self.metric_after))
+        if self.after is not None:
+            dead = [r.name for r in self.after.rows if r.sparsity == 1 and r.name.endswith("weight")]
+            if dead:
+                out.append(
+                    f"warning: {', '.join(dead)} now entirely zero (the layer passes on only its bias);"
+                    " exclude it or use scope=layer"
+                )
         if self.note:
             out.append(f"note: {self.note}")
         return out
+
+    def __repr__(self) -> str:
+        return f"<PruneResult: {'; '.join(self.lines())}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
 
     def __str__(self) -> str:
         text = "\n".join(self.lines())

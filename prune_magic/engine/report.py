@@ -12,6 +12,7 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ class Row:
         return 1 - self.nonzero / self.params if self.params else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Report:
     """Per-tensor rows and model totals. ``str()`` is a table; notebooks show HTML."""
 
@@ -101,6 +102,12 @@ class Report:
                 cells += (format_count(r.macs) if r.macs is not None else "",)
             body.append(cells)
         return [header, *body]
+
+    def __repr__(self) -> str:
+        return f"<Report: {self.summary()}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
 
     def __str__(self) -> str:
         table = self._table()

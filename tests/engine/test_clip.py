@@ -147,3 +147,16 @@ def test_cuda_weights(mlp) -> None:
     assert sum(int((w == 0).sum()) for w in weights(mlp)) >= round(0.8 * total)
     pm.reset(mlp)
     assert all(torch.equal(a, b) for a, b in zip(before, weights(mlp)))
+
+
+def test_a_layer_clipped_to_nothing_is_called_out() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)
+    )  # the last layer's |w| are smaller
+    result = pm.prune(model, "clip amount=0.8 scope=global")
+    assert result.after.row("2.weight").sparsity == 1
+    assert (
+        "warning: 2.weight now entirely zero (the layer passes on only its bias); exclude it or use scope=layer"
+        in str(result)
+    )
