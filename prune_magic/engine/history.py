@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import HistoryError
 from .report import format_bytes
-from .snapshot import TensorRecord, restore_all, tensors_by_name
+from .snapshot import TensorRecord, redo_all, restore_all, tensors_by_name
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Entry:
     sparsity: float
     seconds: float
     undoable: bool = True
+    tag: str | None = None  # who applied it, e.g. a notebook cell
 
     @property
     def undo_bytes(self) -> int:
@@ -141,6 +142,33 @@ def sync_versions(model: nn.Module) -> None:
     past = _HISTORIES.get(model)
     if past is not None:
         past.versions = _versions(model)
+
+
+def rewind(model: nn.Module, tag: str) -> list[Entry]:
+    """Undo the trailing steps tagged ``tag`` (a re-run cell's previous run); oldest first.
+
+    Nothing is undone if the model changed outside prune_magic since. The entries can be
+    put back exactly with :func:`redo`.
+    """
+    past = _HISTORIES.get(model)
+    if past is None or changed_outside(model):
+        return []
+    undone: list[Entry] = []
+    while past.entries and past.entries[-1].tag == tag:
+        entry = past.entries.pop()
+        restore_all(model, entry.records, swap=True)
+        undone.insert(0, entry)
+    past.versions = _versions(model)
+    return undone
+
+
+def redo(model: nn.Module, entries: list[Entry]) -> None:
+    """Put back entries taken off by :func:`rewind`."""
+    past = _HISTORIES.setdefault(model, History())
+    for entry in entries:
+        redo_all(model, entry.records)
+        past.entries.append(entry)
+    past.versions = _versions(model)
 
 
 def undo(model: nn.Module) -> Entry:

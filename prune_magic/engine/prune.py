@@ -24,12 +24,12 @@ from torch import nn
 
 from .clip import apply_clip
 from .errors import PruneError
-from .history import Entry, begin, commit, sync_versions, undo
+from .history import Entry, begin, commit, redo, rewind, sync_versions, undo
 from .recipe import Recipe, Step, parse_recipe
 from .report import Report
 from .report import report as _measure
 from .selection import Target, select
-from .snapshot import TensorRecord, deferred_interrupt, restore_all
+from .snapshot import deferred_interrupt, restore_all
 
 Metric = float | dict[str, float]
 Evaluate = Callable[[nn.Module], object]
@@ -65,12 +65,15 @@ class PruneResult:
     dry_run: bool
     seconds: float
     note: str = ""
+    replaced: int = 0  # earlier steps with the same tag that this call undid first
 
     def lines(self) -> list[str]:
         """The summary, one fact a line."""
         out = []
         if self.dry_run:
             out.append("dry run: the model was not changed")
+        if self.replaced:
+            out.append(f"re-run: first undid the {self.replaced} step(s) this cell applied last time")
         for s in self.steps:
             out.append(
                 f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse ({s.seconds * 1e3:.0f} ms)"
@@ -121,6 +124,7 @@ def prune(
     dry_run: bool = False,
     undo: bool = True,
     report: bool = True,
+    tag: str | None = None,
 ) -> PruneResult:
     """Apply ``recipe`` to ``model`` in place and say what changed.
 
@@ -138,6 +142,9 @@ def prune(
             weight). ``False`` saves that memory for very large models; the step cannot
             be undone then, nor rolled back if ``evaluate`` fails afterwards.
         report: measure per-tensor sparsity before and after (``False`` skips the passes).
+        tag: label the steps (a notebook cell's id, say). If the model's last steps carry
+            the same tag and nothing else changed it since, they are undone first, so
+            running the same cell twice does not compound.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
@@ -145,24 +152,25 @@ def prune(
     selections = [_select(model, step) for step in parsed.steps]
     started = time.perf_counter()
     note = begin(model)
-    metric_before = _evaluate(evaluate, model)
-    before = _measure(model, example_input) if report else None
+    rewound = rewind(model, tag) if tag is not None else []
     keep = undo or dry_run
     done: list[Entry] = []
     results = []
     try:
+        metric_before = _evaluate(evaluate, model)
+        before = _measure(model, example_input) if report else None
         for step, targets in zip(parsed.steps, selections):
-            entry, result = _apply(step, targets, keep, done)
-            results.append(result)
+            results.append(_apply(step, targets, keep, done))
         after = _measure(model, example_input) if report else None
         metric_after = _evaluate(evaluate, model)
     except BaseException:
-        _rollback(model, done)
+        _rollback(model, done, rewound)
         raise
     if dry_run:
-        _rollback(model, done)
+        _rollback(model, done, rewound)
     else:
-        for entry in done or [Entry(str(r.step), [], r.sparsity, r.seconds, undoable=False) for r in results]:
+        for entry in done:
+            entry.tag = tag
             commit(model, entry)
     return PruneResult(
         parsed,
@@ -174,6 +182,7 @@ def prune(
         dry_run,
         time.perf_counter() - started,
         note,
+        len(rewound),
     )
 
 
@@ -185,28 +194,29 @@ def _select(model: nn.Module, step: Step) -> list[Target]:
         raise type(exc)(f"line {step.line}: {exc}") from None
 
 
-def _apply(step: Step, targets: list[Target], keep: bool, done: list[Entry]) -> tuple[Entry, StepResult]:
+def _apply(step: Step, targets: list[Target], keep: bool, done: list[Entry]) -> StepResult:
+    """Apply one step; its entry joins ``done`` before it starts, so a failure half-way rolls back."""
     started = time.perf_counter()
-    records: list[TensorRecord] | None = [] if keep else None
-    entry = Entry(str(step), records or [], math.nan, 0.0)
-    if records is None:
+    entry = Entry(str(step), [], math.nan, 0.0, undoable=keep)
+    done.append(entry)
+    if keep:
+        apply_clip(step, targets, entry.records)
+    else:
         with deferred_interrupt():  # no record to roll back with: don't stop half-way
             apply_clip(step, targets, None)
-    else:
-        entry.records = records
-        done.append(entry)  # before applying, so a failure half-way is rolled back too
-        apply_clip(step, targets, records)
     entry.sparsity = _sparsity(targets)
     entry.seconds = time.perf_counter() - started
-    changed = sum(r.changed for r in records) if records is not None else None
-    names = tuple(t.name for t in targets)
-    return entry, StepResult(step, names, entry.sparsity, entry.seconds, changed)
+    changed = sum(r.changed for r in entry.records) if keep else None
+    return StepResult(step, tuple(t.name for t in targets), entry.sparsity, entry.seconds, changed)
 
 
-def _rollback(model: nn.Module, done: list[Entry]) -> None:
+def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> None:
+    """Undo this call's steps, then redo the steps it rewound: the model as it was."""
     for entry in reversed(done):
         restore_all(model, entry.records)
     sync_versions(model)
+    if rewound:
+        redo(model, rewound)
 
 
 @torch.no_grad()

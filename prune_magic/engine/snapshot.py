@@ -57,24 +57,46 @@ class TensorRecord:
             return self.full.numel()
         return sum(v.numel() for _, _, _, v in self.parts)
 
-    def restore(self, tensor: torch.Tensor) -> None:
-        """Write the old values back into ``tensor`` (in place)."""
+    def restore(self, tensor: torch.Tensor, swap: bool = False) -> None:
+        """Write the old values back into ``tensor`` (in place).
+
+        With ``swap=True`` the record keeps the values it overwrote instead, so restoring
+        it a second time redoes the step.
+        """
         with torch.no_grad():
             if self.full is not None:
+                current = tensor.detach().to("cpu", copy=True) if swap else None
                 tensor.copy_(self.full)
+                if current is not None:
+                    self.full = current
                 return
             flat = int_view(tensor)
-            for offset, length, packed, values in reversed(self.parts):
+            for i in reversed(range(len(self.parts))):
+                offset, length, packed, values = self.parts[i]
                 mask = unpack_bits(packed.to(flat.device), length)
-                flat[offset : offset + length].masked_scatter_(mask, values.to(flat.device))
+                chunk = flat[offset : offset + length]
+                if swap:
+                    self.parts[i] = (offset, length, packed, compact(chunk, mask))
+                chunk.masked_scatter_(mask, values.to(flat.device))
 
 
-def restore_all(model: nn.Module, records: list[TensorRecord]) -> None:
-    """Undo ``records`` (in reverse order) on ``model``'s tensors, found by name."""
+def restore_all(model: nn.Module, records: list[TensorRecord], swap: bool = False) -> None:
+    """Undo ``records`` (in reverse order) on ``model``'s tensors, found by name.
+
+    With ``swap=True`` the records can be restored again to redo them (in the same order).
+    """
     tensors = tensors_by_name(model)
     with deferred_interrupt():
         for record in reversed(records):
-            record.restore(tensors[record.name])
+            record.restore(tensors[record.name], swap)
+
+
+def redo_all(model: nn.Module, records: list[TensorRecord]) -> None:
+    """Redo records that :func:`restore_all` undid with ``swap=True``."""
+    tensors = tensors_by_name(model)
+    with deferred_interrupt():
+        for record in records:
+            record.restore(tensors[record.name], swap=True)
 
 
 def tensors_by_name(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -136,3 +136,55 @@ def test_a_step_interrupted_half_way_is_rolled_back(mlp, monkeypatch, exc) -> No
     assert same_bits(mlp, before)
     monkeypatch.undo()
     pm.undo(mlp)  # the history still works: the rollback was not an outside change
+
+
+def test_the_same_tag_again_replaces_its_steps_instead_of_compounding(mlp) -> None:
+    original = state(mlp)
+    pm.prune(mlp, "clip amount=0.5", tag="cell-1")
+    once = state(mlp)
+    result = pm.prune(mlp, "clip amount=0.5", tag="cell-1")
+    assert result.replaced == 1
+    assert same_bits(mlp, once)
+    assert len(pm.history(mlp)) == 1
+    pm.prune(mlp, "clip amount=0.7 scope=global", tag="cell-1")  # edited cell: from the same start
+    assert pm.history(mlp).entries[-1].step == "clip amount=0.7 scope=global"
+    pm.undo(mlp)
+    assert same_bits(mlp, original)
+
+
+def test_another_tag_builds_on_the_current_weights(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.5", tag="cell-1")
+    result = pm.prune(mlp, "clip amount=0.5 layers=fc1", tag="cell-2")
+    assert result.replaced == 0
+    assert len(pm.history(mlp)) == 2
+    again = pm.prune(mlp, "clip amount=0.5", tag="cell-1")  # cell-2 ran since: compounds
+    assert again.replaced == 0
+    assert len(pm.history(mlp)) == 3
+
+
+def test_a_failed_rerun_puts_the_previous_run_back(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.5\nclip threshold=0.01", tag="cell-1")
+    after_first_run = state(mlp)
+
+    def broken(model):
+        raise RuntimeError("eval is broken")
+
+    with pytest.raises(pm.EvaluationError):
+        pm.prune(mlp, "clip amount=0.9", tag="cell-1", evaluate=broken)
+    assert same_bits(mlp, after_first_run)
+    assert [e.step for e in pm.history(mlp).entries] == ["clip amount=0.5", "clip threshold=0.01"]
+    pm.prune(mlp, "clip amount=0.9", tag="cell-1", dry_run=True)
+    assert same_bits(mlp, after_first_run)
+    pm.reset(mlp)
+
+
+def test_a_rerun_after_training_builds_on_the_trained_weights(mlp) -> None:
+    pm.prune(mlp, "clip amount=0.5", tag="cell-1")
+    with torch.no_grad():
+        mlp.fc1.weight.add_(0.01)  # someone trained
+    trained = state(mlp)
+    result = pm.prune(mlp, "clip amount=0.5", tag="cell-1")
+    assert result.replaced == 0
+    assert "changed outside prune_magic" in result.note
+    pm.undo(mlp)
+    assert same_bits(mlp, trained)
