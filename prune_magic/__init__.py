@@ -45,6 +45,20 @@ _ENGINE_NAMES = frozenset(
 )
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext prune_magic``: register ``%%prune`` and ``%prune`` (torch is not imported yet)."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext prune_magic``."""
+    from .magics import unload
+
+    unload(ipython)
+
+
 def __getattr__(name: str) -> Any:
     if name in _ENGINE_NAMES:
         from . import engine

@@ -66,6 +66,7 @@ class PruneResult:
     seconds: float
     note: str = ""
     replaced: int = 0  # earlier steps with the same tag that this call undid first
+    metric_name: str = "metric"  # what a single-number metric is called (the eval function's name)
 
     def lines(self) -> list[str]:
         """The summary, one fact a line."""
@@ -85,7 +86,10 @@ class PruneResult:
                 f"(sparsity {b.sparsity:.1%} -> {a.sparsity:.1%})"
             )
         if self.metric_before is not None and self.metric_after is not None:
-            out.extend(_metric_lines(self.metric_before, self.metric_after))
+            out.extend(
+                f"{k} {b:.4g} -> {a:.4g} ({a - b:+.4g})"
+                for k, b, a in metric_changes(self.metric_before, self.metric_after, self.metric_name)
+            )
         if self.after is not None:
             dead = [r.name for r in self.after.rows if r.sparsity == 1 and r.name.endswith("weight")]
             if dead:
@@ -183,6 +187,7 @@ def prune(
         time.perf_counter() - started,
         note,
         len(rewound),
+        _metric_name(evaluate),
     )
 
 
@@ -257,11 +262,15 @@ def as_metric(value: object) -> Metric | None:
     return None
 
 
-def _metric_lines(before: Metric, after: Metric) -> list[str]:
+def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[tuple[str, float, float]]:
+    """(name, before, after) for each metric measured both times."""
     if isinstance(before, dict) and isinstance(after, dict):
-        pairs = [(k, before[k], after[k]) for k in before if k in after]
-    elif isinstance(before, float) and isinstance(after, float):
-        pairs = [("metric", before, after)]
-    else:
-        return []
-    return [f"{k} {b:.4g} -> {a:.4g} ({a - b:+.4g})" for k, b, a in pairs]
+        return [(k, before[k], after[k]) for k in before if k in after]
+    if isinstance(before, float) and isinstance(after, float):
+        return [(name, before, after)]
+    return []
+
+
+def _metric_name(evaluate: Evaluate | None) -> str:
+    name = getattr(evaluate, "__name__", "")
+    return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"

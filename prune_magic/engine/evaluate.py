@@ -1,0 +1,79 @@
+"""Built-in metrics: top-1 accuracy on a DataLoader or an ``(X, y)`` pair.
+
+>>> import torch
+>>> from torch import nn
+>>> X, y = torch.randn(10, 4), torch.zeros(10, dtype=torch.long)
+>>> model = nn.Linear(4, 2)
+>>> with torch.no_grad():
+...     _ = model.bias.copy_(torch.tensor([10.0, -10.0]))
+>>> accuracy((X, y))(model)
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import PruneError
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def accuracy(
+    data: object, max_samples: int | None = None, batch_size: int = 512
+) -> Callable[[nn.Module], float]:
+    """An eval function: top-1 accuracy of ``model`` on ``data``, at most ``max_samples`` samples.
+
+    ``data`` is a DataLoader (or any iterable of ``(inputs, targets)`` batches) or an
+    ``(X, y)`` pair of tensors or arrays. The model is put in eval mode while it is
+    measured and back in its previous mode afterwards. With a shuffling loader and a
+    sample cap, before and after are measured on different samples: pass a loader that
+    does not shuffle.
+    """
+    batches = _batches(data, batch_size)
+
+    def accuracy(model: nn.Module) -> float:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        dtype = first.dtype if first is not None and first.is_floating_point() else None
+        training = model.training
+        model.eval()
+        correct = seen = 0
+        try:
+            with torch.no_grad():
+                for inputs, targets in batches():
+                    if max_samples is not None and seen >= max_samples:
+                        break
+                    room = None if max_samples is None else max_samples - seen
+                    inputs, targets = inputs[:room].to(device), targets[:room].to(device)
+                    if dtype is not None and inputs.is_floating_point():
+                        inputs = inputs.to(dtype)  # float64 arrays from numpy, say
+                    correct += int((model(inputs).argmax(-1) == targets).sum())
+                    seen += len(targets)
+        finally:
+            model.train(training)
+        if not seen:
+            raise PruneError("the evaluation data is empty")
+        return correct / seen
+
+    return accuracy
+
+
+def _batches(data: object, batch_size: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    if isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list):
+        X, y = (torch.as_tensor(d) for d in data)
+        if len(X) != len(y):
+            raise PruneError(f"the (X, y) pair has {len(X)} inputs but {len(y)} targets")
+        return lambda: zip(torch.split(X, batch_size), torch.split(y, batch_size), strict=True)
+    if isinstance(data, Iterable) and not isinstance(data, torch.Tensor | str):
+        return lambda: (_pair(batch) for batch in data)
+    raise PruneError(f"evaluation data must be a DataLoader or an (X, y) pair, not {type(data).__name__}")
+
+
+def _pair(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, tuple | list) and len(batch) >= 2:
+        return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+    raise PruneError(f"each batch must be (inputs, targets), got {type(batch).__name__}")

@@ -1,0 +1,322 @@
+"""The IPython layer: ``%%prune`` and ``%prune``. Parse, resolve names, call the engine, map errors.
+
+Everything heavy (torch, matplotlib) is imported on the first use of a magic, not when
+the extension loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Bool, Integer
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import ExecutionInfo, InteractiveShell
+
+SUBCOMMANDS = {
+    "undo": "undo the last step applied to MODEL",
+    "reset": "undo every step: MODEL's weights as they were before prune_magic",
+    "report": "per-layer table of MODEL (params, nonzero, sparsity, size)",
+    "history": "the steps applied to MODEL, with their sparsity and undo memory",
+}
+
+USAGE = "\n".join(
+    [
+        "%%prune MODEL [--eval FN | --data DATA] [--example-input EXPR] [-o NAME] [--dry-run] [--quiet]",
+        "    (then the recipe, one step a line, e.g. `clip amount=0.8 scope=global`)",
+        *(f"%prune {name} MODEL".ljust(24) + f"  {text}" for name, text in SUBCOMMANDS.items()),
+        "%%prune? shows every option with examples.",
+    ]
+)
+
+_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_EXPAND = re.compile(r"\{([^{}]+)\}")
+
+
+@magics_class
+class PruneMagics(Magics):
+    """``%%prune``: prune a model of the namespace with a recipe, see what changed, undo."""
+
+    eval_samples = Integer(
+        10_000, help="At most this many samples are used by --data's built-in accuracy (0: all)."
+    ).tag(config=True)
+    short_errors = Bool(
+        True, help="Show errors as one red line (UsageError); False shows the full traceback."
+    ).tag(config=True)
+    charts = Bool(True, help="Draw the per-layer sparsity chart in a %%prune cell's output.").tag(config=True)
+
+    def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._cell_id: str | None = None
+        self._matcher: Any = None
+        if shell is not None:
+            shell.events.register("pre_run_cell", self._pre_run_cell)
+            shell.events.register("post_run_cell", self._post_run_cell)
+
+    def _pre_run_cell(self, info: ExecutionInfo) -> None:
+        self._cell_id = getattr(info, "cell_id", None)
+
+    def _post_run_cell(self, result: Any) -> None:
+        self._cell_id = None
+
+    @magic_arguments()
+    @argument(
+        "model", help="the nn.Module to prune: a name in the namespace (dotted access allowed: trainer.model)"
+    )
+    @argument(
+        "--eval",
+        dest="eval_fn",
+        metavar="FN",
+        help="a callable FN(model) -> float or dict of floats, run before and after",
+    )
+    @argument(
+        "--data",
+        metavar="DATA",
+        help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after",
+    )
+    @argument("--example-input", metavar="EXPR", help="an input for the model (an expression), to count MACs")
+    @argument("-o", "--output", metavar="NAME", help="store the result object in the namespace under NAME")
+    @argument("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
+    @argument("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
+    @line_cell_magic
+    def prune(self, line: str, cell: str | None = None) -> None:
+        """Prune a model in place with a recipe, and show what changed.
+
+        The cell body is the recipe, one step a line, ``#`` comments, ``{expr}``
+        expanded from the namespace::
+
+            %%prune model --data test_data
+            clip amount=0.8 scope=global exclude=classifier
+
+            %%prune net --eval evaluate --example-input x[:1]
+            clip threshold={t}          # t from the namespace
+            clip sigma=0.5 layers=features.*
+
+        Running the same cell again does not compound: it starts from the state the model
+        had before that cell's previous run (as long as nothing else changed the model).
+
+        As a line magic::
+
+            %prune undo MODEL      undo the last step
+            %prune reset MODEL     back to the weights before any step
+            %prune report MODEL    per-layer table
+            %prune history MODEL   the steps applied so far
+        """
+        with self._errors():
+            if cell is None:
+                self._line(line)
+            else:
+                self._cell(line, cell)
+
+    def _cell(self, line: str, cell: str) -> None:
+        args = parse_argstring(self.prune, line)
+        from . import engine
+
+        model = self._model(args.model)
+        recipe = self._expand(cell)
+        engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
+        evaluate = self._evaluate(args)
+        example = self._expression(args.example_input, "--example-input") if args.example_input else None
+        tag = (
+            f"cell:{self._cell_id}"
+            if self._cell_id
+            else "source:" + hashlib.sha1((line + "\n" + cell).encode()).hexdigest()
+        )
+        result = engine.prune(
+            model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag
+        )
+        if args.output:
+            self.shell.user_ns[args.output] = result
+        if not args.quiet:
+            from .widgets import PruneView
+
+            display(PruneView(result, args.model, charts=self.charts))
+
+    def _line(self, line: str) -> None:
+        words = line.split()
+        if not words:
+            print(USAGE)
+            return
+        command, *rest = words
+        if command not in SUBCOMMANDS:
+            from .engine.errors import did_you_mean
+
+            raise UsageError(
+                f"unknown subcommand {command!r}{did_you_mean(command, SUBCOMMANDS)}; "
+                f"use one of: {', '.join(SUBCOMMANDS)} (or a %%prune cell to prune)"
+            )
+        if len(rest) != 1:
+            raise UsageError(f"usage: %prune {command} MODEL")
+        from . import engine
+
+        model = self._model(rest[0])
+        if command == "undo":
+            entry = engine.undo(model)
+            print(f"undid {entry.step!r}; {len(engine.history(model))} step(s) left")
+        elif command == "reset":
+            undone = engine.reset(model)
+            print(f"reset {rest[0]}: undid {len(undone)} step(s)")
+        elif command == "report":
+            display(engine.report(model))
+        else:
+            display(engine.history(model))
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Errors a user can fix become one line (unless short_errors is off)."""
+        try:
+            yield
+        except UsageError:
+            raise
+        except Exception as exc:
+            from .engine.errors import PruneError
+
+            if not self.short_errors or not isinstance(exc, PruneError):
+                raise
+            raise UsageError(str(exc)) from None
+
+    def _model(self, text: str) -> Any:
+        import torch
+
+        value = self._name(text, "MODEL")
+        if not isinstance(value, torch.nn.Module):
+            raise UsageError(
+                f"{text} is a {type(value).__name__}, not an nn.Module{self._suggest(text, modules_only=True)}"
+            )
+        return value
+
+    def _name(self, text: str, role: str) -> Any:
+        """Resolve ``name`` or ``name.attr.attr`` in the user namespace, without eval."""
+        if not _NAME.fullmatch(text):
+            raise UsageError(f"{role} must be a name such as model or trainer.model, not {text!r}")
+        head, *attrs = text.split(".")
+        if head not in self.shell.user_ns:
+            raise UsageError(
+                f"name {head!r} is not defined{self._suggest(head, modules_only=role == 'MODEL')}"
+            )
+        value = self.shell.user_ns[head]
+        for i, attr in enumerate(attrs):
+            if not hasattr(value, attr):
+                from .engine.errors import did_you_mean
+
+                owner = ".".join([head, *attrs[:i]])
+                hint = did_you_mean(attr, [a for a in dir(value) if not a.startswith("_")])
+                raise UsageError(f"{owner} has no attribute {attr!r}{hint}")
+            value = getattr(value, attr)
+        return value
+
+    def _suggest(self, name: str, modules_only: bool) -> str:
+        from .engine.errors import did_you_mean
+
+        candidates = model_names(self.shell.user_ns) if modules_only else list(self.shell.user_ns)
+        hint = did_you_mean(name, candidates)
+        if hint or not modules_only:
+            return hint
+        return (
+            f" (nn.Modules here: {', '.join(candidates[:8])})"
+            if candidates
+            else " (no nn.Module is defined yet)"
+        )
+
+    def _evaluate(self, args: Any) -> Any:
+        if args.eval_fn and args.data:
+            raise UsageError("give --eval FN or --data DATA, not both")
+        if args.eval_fn:
+            fn = self._name(args.eval_fn, "--eval")
+            if not callable(fn):
+                raise UsageError(
+                    f"--eval {args.eval_fn} is a {type(fn).__name__}; give a function FN(model) -> float"
+                )
+            return fn
+        if args.data:
+            from .engine.evaluate import accuracy
+
+            data = self._expression(args.data, "--data")
+            return accuracy(data, self.eval_samples or None)
+        return None
+
+    def _expression(self, text: str, option: str) -> Any:
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # magic_arguments keeps quotes
+            text = text[1:-1]
+        try:
+            return eval(text, self.shell.user_global_ns, self.shell.user_ns)
+        except Exception as exc:
+            raise UsageError(f"{option} {text}: {type(exc).__name__}: {exc}") from None
+
+    def _expand(self, cell: str) -> str:
+        """Replace ``{expr}`` in the recipe by its value in the namespace."""
+        lines = cell.splitlines()
+        for number, text in enumerate(lines, start=1):
+            code = text.split("#", 1)[0]
+
+            def value(match: re.Match[str], number: int = number) -> str:
+                expr = match.group(1)
+                try:
+                    return str(eval(expr, self.shell.user_global_ns, self.shell.user_ns))
+                except Exception as exc:
+                    raise UsageError(
+                        f"line {number}: cannot expand {{{expr}}}: {type(exc).__name__}: {exc}"
+                    ) from None
+
+            lines[number - 1] = _EXPAND.sub(value, code) + text[len(code) :]
+        return "\n".join(lines)
+
+
+def model_names(namespace: dict[str, Any]) -> list[str]:
+    """Names of the nn.Module instances in ``namespace`` (none before torch is imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    return sorted(k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, torch.nn.Module))
+
+
+def completer(shell: InteractiveShell) -> Any:
+    """A completion matcher for ``%%prune`` and ``%prune <subcommand>``: model names."""
+    from IPython.core.completer import CompletionContext, SimpleCompletion, context_matcher
+
+    @context_matcher()  # type: ignore[untyped-decorator]
+    def prune_matcher(context: CompletionContext) -> dict[str, Any]:
+        words = context.line_with_cursor[: context.cursor_position].split()
+        if not words or words[0] not in ("%%prune", "%prune") or context.token.startswith("-"):
+            return {"completions": []}
+        ends_with_space = context.line_with_cursor[: context.cursor_position].endswith(" ")
+        position = len(words) - (0 if ends_with_space else 1)  # which word the cursor is on
+        if words[0] == "%prune" and position == 1:
+            names, kind = list(SUBCOMMANDS), "subcommand"
+        elif position == 1 or (words[0] == "%prune" and position == 2):
+            names, kind = model_names(shell.user_ns), "model"
+        else:
+            return {"completions": []}
+        matches = [SimpleCompletion(n, type=kind) for n in names if n.startswith(context.token)]
+        return {"completions": matches, "suppress": True}
+
+    return prune_matcher
+
+
+def load(shell: InteractiveShell) -> None:
+    """Register the magics, their options (``%config PruneMagics``) and tab completion."""
+    magics = PruneMagics(shell=shell)
+    shell.register_magics(magics)
+    magics._matcher = completer(shell)
+    shell.Completer.custom_matchers.append(magics._matcher)
+
+
+def unload(shell: InteractiveShell) -> None:
+    """Undo :func:`load`: ``%unload_ext`` and ``%reload_ext`` leave no trace behind."""
+    magics = shell.magics_manager.registry.pop(PruneMagics.__name__, None)
+    if isinstance(magics, PruneMagics):
+        shell.events.unregister("pre_run_cell", magics._pre_run_cell)
+        shell.events.unregister("post_run_cell", magics._post_run_cell)
+        if magics._matcher in shell.Completer.custom_matchers:
+            shell.Completer.custom_matchers.remove(magics._matcher)
+    for kind in ("line", "cell"):
+        shell.magics_manager.magics[kind].pop("prune", None)

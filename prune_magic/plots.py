@@ -1,0 +1,54 @@
+"""Matplotlib figures drawn from engine data (reports, results), never from raw weights.
+
+Figures are made with ``matplotlib.figure.Figure`` directly, not pyplot: no global
+state, no figure shown twice by the inline backend, nothing left open.
+"""
+
+from __future__ import annotations
+
+import io
+
+from matplotlib.figure import Figure
+
+from .engine import Report
+
+KEPT, REMOVED = "#4c72b0", "#dd8452"
+
+
+def sparsity_chart(after: Report, before: Report | None = None, title: str = "Sparsity per layer") -> Figure:
+    """Horizontal bars: the share of zero weights in each weight tensor (before, if given, as an outline)."""
+    rows = [r for r in after.rows if r.name.endswith("weight")] or list(after.rows)
+    names = [f"{r.name.removesuffix('.weight')}  {r.module_type} {'x'.join(map(str, r.shape))}" for r in rows]
+    height = 1.0 + 0.32 * len(rows)
+    fig = Figure(figsize=(6.4, min(height, 12)), layout="constrained")
+    ax = fig.subplots()
+    positions = range(len(rows))[::-1]
+    ax.barh(list(positions), [100 * r.sparsity for r in rows], color=REMOVED, label="zero")
+    old = {r.name: r.sparsity for r in before.rows} if before is not None else {}
+    if any(old.get(r.name, 0.0) > 0 for r in rows):
+        ax.barh(
+            list(positions),
+            [100 * old.get(r.name, 0.0) for r in rows],
+            fill=False,
+            edgecolor="black",
+            linewidth=0.8,
+            label="before",
+        )
+    for y, r in zip(positions, rows, strict=True):
+        ax.text(101, y, f"{r.nonzero:,}/{r.params:,}", va="center", fontsize=8)
+    ax.set_yticks(list(positions), names, fontsize=8)
+    ax.set_xlim(0, 125)
+    ax.set_xticks([0, 25, 50, 75, 100])
+    ax.set_xlabel("weights that are zero (%)   ·   labels: nonzero/total")
+    ax.set_title(f"{title}: {after.sparsity:.1%} of all parameters zero", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    if old and any(old.values()):
+        fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
+def png(fig: Figure, dpi: int = 96) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -1,0 +1,97 @@
+"""What a ``%%prune`` cell shows: a summary, the per-layer table and the sparsity chart.
+
+:class:`PruneView` renders as one rich output whose bundle carries ``text/html`` (with the
+chart inline), ``image/png`` and ``text/plain``, so it reads the same in JupyterLab, in a
+terminal, after nbconvert and in static viewers. It is the object the interactive
+dashboard grows from.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import plots
+from .engine import PruneResult, Report
+from .engine.prune import metric_changes
+from .engine.report import SPARSE_FORMAT, format_bytes, format_count
+
+
+@dataclass
+class PruneView:
+    """The display of one :class:`~prune_magic.PruneResult` for the model named ``name``."""
+
+    result: PruneResult
+    name: str
+    charts: bool = True
+    _png: bytes | None = field(default=None, repr=False)
+
+    def summary(self) -> list[tuple[str, str]]:
+        """(label, value) pairs: the facts at the top of the cell's output."""
+        r = self.result
+        facts = [("model", self.name), ("recipe", "; ".join(str(s.step) for s in r.steps))]
+        if r.before is not None and r.after is not None:
+            b, a = r.before, r.after
+            facts += [
+                ("params", f"{a.params:,}"),
+                ("nonzero", f"{b.nonzero:,} → {a.nonzero:,}"),
+                ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%}"),
+                ("size", _size(b, a)),
+            ]
+            if a.macs is not None:
+                facts.append(
+                    ("MACs", f"{format_count(a.macs)} per forward (zeros in dense weights still cost MACs)")
+                )
+        if r.metric_before is not None and r.metric_after is not None:
+            changes = metric_changes(r.metric_before, r.metric_after, r.metric_name)
+            facts += [(k, f"{b:.4g} → {a:.4g} ({a - b:+.4g})") for k, b, a in changes]
+        notes = [line for line in r.lines() if line.startswith(("warning:", "note:", "re-run:", "dry run:"))]
+        facts += [("note", n) for n in notes]
+        facts.append(("time", f"{r.seconds:.2f} s"))
+        return facts
+
+    def png(self) -> bytes | None:
+        if not self.charts or self.result.after is None:
+            return None
+        if self._png is None:
+            self._png = plots.png(plots.sparsity_chart(self.result.after, self.result.before))
+        return self._png
+
+    def __str__(self) -> str:
+        width = max(len(k) for k, _ in self.summary())
+        lines = [f"{k.rjust(width)}  {v}" for k, v in self.summary()]
+        if self.result.after is not None:
+            lines += ["", str(self.result.after)]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:right'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in self.summary()
+        )
+        parts = [f"<table class='prune-magic-summary'>{rows}</table>"]
+        image = self.png()
+        if image is not None:
+            data = base64.b64encode(image).decode()
+            parts.append(f"<img alt='sparsity per layer' src='data:image/png;base64,{data}'/>")
+        if self.result.after is not None:
+            parts.append(
+                f"<details><summary>per-layer table</summary>{self.result.after._repr_html_()}</details>"
+            )
+        return "<div class='prune-magic'>" + "".join(parts) + "</div>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": str(self), "text/html": self._repr_html_()}
+        image = self.png()
+        if image is not None:
+            bundle["image/png"] = base64.b64encode(image).decode()
+        return bundle
+
+
+def _size(before: Report, after: Report) -> str:
+    return (
+        f"{format_bytes(after.dense_bytes)} dense (unchanged: zeros are still stored); "
+        f"{format_bytes(before.sparse_bytes)} → {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
+    )

@@ -1,0 +1,249 @@
+"""%%prune and %prune, driven through a real IPython shell, as a notebook would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from IPython.core.completer import provisionalcompleter
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import prune_magic as pm
+from tests.conftest import same_bits, state
+
+SETUP = """
+import torch
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+X = torch.randn(200, 64)
+y = model(X).argmax(1)
+def agreement(m):
+    return (m(X).argmax(1) == y).float().mean().item()
+class Trainer:
+    pass
+trainer = Trainer()
+trainer.model = model
+not_a_model = X
+"""
+
+
+@pytest.fixture
+def ip():
+    shell = InteractiveShell.instance()
+    shell.reset(new_session=False)
+    shell.run_line_magic("load_ext", "prune_magic")
+    run(shell, SETUP)
+    yield shell
+    shell.run_line_magic("unload_ext", "prune_magic")
+
+
+def run(shell, source: str, cell_id: str | None = None):
+    """Run a cell; fail the test on any error; return what it displayed."""
+    with capture_output() as captured:
+        result = shell.run_cell(source, cell_id=cell_id)
+    result.raise_error()
+    return captured
+
+
+def fails(shell, source: str) -> str:
+    """Run a cell that must fail with a one-line UsageError; return its message."""
+    with capture_output():
+        result = shell.run_cell(source)
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    message = str(result.error_in_exec)
+    assert "\n" not in message
+    return message
+
+
+def test_a_cell_clips_the_model_in_place(ip) -> None:
+    model = ip.user_ns["model"]
+    out = run(ip, "%%prune model -o res\nclip amount=0.8 scope=global\n")
+    result = ip.user_ns["res"]
+    assert isinstance(result, pm.PruneResult)
+    assert result.steps[0].sparsity == pytest.approx(0.8, abs=1e-4)
+    assert (
+        sum(int((m.weight == 0).sum()) for m in model if hasattr(m, "weight"))
+        == result.after.params - result.after.nonzero
+    )
+    bundle = out.outputs[0].data
+    assert {"text/plain", "text/html", "image/png"} <= set(bundle)
+    assert "sparsity  0.0% → 79." in bundle["text/plain"]
+
+
+def test_dotted_names_and_expanded_values(ip) -> None:
+    run(ip, "a = 0.5")
+    run(
+        ip,
+        "%%prune trainer.model -o res\nclip amount={a}   # a from the namespace\nclip threshold={a / 100} layers=4\n",
+    )
+    steps = [str(s.step) for s in ip.user_ns["res"].steps]
+    assert steps == ["clip amount=0.5", "clip threshold=0.005 layers=4"]
+
+
+def test_a_dry_run_changes_nothing(ip) -> None:
+    before = state(ip.user_ns["model"])
+    out = run(ip, "%%prune model --dry-run\nclip amount=0.9\n")
+    assert "dry run: the model was not changed" in out.outputs[0].data["text/plain"]
+    assert same_bits(ip.user_ns["model"], before)
+
+
+def test_eval_and_data_measure_before_and_after(ip) -> None:
+    out = run(ip, "%%prune model --eval agreement -o res\nclip amount=0.9\n")
+    res = ip.user_ns["res"]
+    assert res.metric_before == 1.0 and res.metric_after < 1.0
+    assert "agreement  1 → " in out.outputs[0].data["text/plain"]
+    run(ip, "%prune reset model")
+    out = run(ip, '%%prune model --data "(X, y)" --example-input X[:1] -o res\nclip amount=0.9\n')
+    res = ip.user_ns["res"]
+    assert res.metric_name == "accuracy" and res.metric_before == 1.0
+    assert res.after.macs == 64 * 256 + 256 * 128 + 128 * 10
+    assert "MACs" in out.outputs[0].data["text/plain"]
+
+
+@pytest.mark.parametrize("cell_id", ["3f2a-cell", None])
+def test_rerunning_a_cell_does_not_compound(ip, cell_id) -> None:
+    model = ip.user_ns["model"]
+    original = state(model)
+    run(ip, "%%prune model\nclip amount=0.5\n", cell_id)
+    once = state(model)
+    run(ip, "%%prune model\nclip amount=0.5\n", cell_id)
+    assert same_bits(model, once)
+    assert len(pm.history(model)) == 1
+    if cell_id:  # with a cell id, an edited cell also starts from the model before its last run
+        run(ip, "%%prune model\nclip amount=0.3\n", cell_id)
+        assert len(pm.history(model)) == 1
+    run(ip, "%prune reset model")
+    assert same_bits(model, original)
+
+
+def test_two_different_cells_compound_and_undo_goes_back_one_step(ip) -> None:
+    model = ip.user_ns["model"]
+    run(ip, "%%prune model\nclip amount=0.5\n", "cell-a")
+    after_a = state(model)
+    run(ip, "%%prune model\nclip amount=0.5 layers=4\nclip threshold=0.02\n", "cell-b")
+    assert len(pm.history(model)) == 3
+    out = run(ip, "%prune undo model")
+    assert "undid 'clip threshold=0.02'" in out.stdout
+    run(ip, "%prune undo model")
+    assert same_bits(model, after_a)
+    history = run(ip, "%prune history model").outputs[0].data["text/plain"]
+    assert "clip amount=0.5" in history
+
+
+def test_report_and_usage(ip) -> None:
+    run(ip, "%%prune model --quiet\nclip amount=0.5\n")
+    table = run(ip, "%prune report model").outputs[0].data["text/plain"]
+    assert "0.weight" in table and "50.0%" in table
+    usage = run(ip, "%prune").stdout
+    assert "%prune undo MODEL" in usage and "%%prune MODEL" in usage
+
+
+ERRORS = [
+    ("%%prune modle\nclip amount=0.5\n", "name 'modle' is not defined; did you mean 'model'?"),
+    (
+        "%%prune not_a_model\nclip amount=0.5\n",
+        "not_a_model is a Tensor, not an nn.Module; did you mean 'model'?",
+    ),
+    ("%%prune trainer.modle\nclip amount=0.5\n", "trainer has no attribute 'modle'; did you mean 'model'?"),
+    (
+        "%%prune model[0]\nclip amount=0.5\n",
+        "MODEL must be a name such as model or trainer.model, not 'model[0]'",
+    ),
+    ("%%prune model\nclip amout=0.5\n", "line 1: clip has no option 'amout'; did you mean 'amount'?"),
+    ("%%prune model\nclip amount=0.5 layers=fc9\n", "line 1: layers=fc9 matches no layer"),
+    (
+        "%%prune model\nclip amount={nope}\n",
+        "line 1: cannot expand {nope}: NameError: name 'nope' is not defined",
+    ),
+    (
+        "%%prune model --eval agreemnt\nclip amount=0.5\n",
+        "name 'agreemnt' is not defined; did you mean 'agreement'?",
+    ),
+    ("%%prune model --eval X\nclip amount=0.5\n", "--eval X is a Tensor; give a function FN(model) -> float"),
+    (
+        "%%prune model --eval broken\nclip amount=0.5\n",
+        "broken(model) raised ZeroDivisionError: division by zero",
+    ),
+    (
+        "%%prune model --eval words\nclip amount=0.5\n",
+        "words(model) returned str 'good'; return a number (e.g. accuracy) or a dict of numbers",
+    ),
+    (
+        "%%prune model --example-input Z[:1]\nclip amount=0.5\n",
+        "--example-input Z[:1]: NameError: name 'Z' is not defined",
+    ),
+    (
+        "%%prune model --data X\nclip amount=0.5\n",
+        "evaluation data must be a DataLoader or an (X, y) pair, not Tensor",
+    ),
+    ("%%prune model --eval agreement --data X\nclip amount=0.5\n", "give --eval FN or --data DATA, not both"),
+    ("%prune undo model", "nothing to undo: no prune_magic step has been applied to this model"),
+    ("%prune und model", "unknown subcommand 'und'; did you mean 'undo'?"),
+    ("%prune undo", "usage: %prune undo MODEL"),
+]
+
+
+@pytest.mark.parametrize(("source", "message"), ERRORS, ids=[m[:40] for _, m in ERRORS])
+def test_errors_are_one_line_and_leave_model_and_namespace_alone(ip, source: str, message: str) -> None:
+    run(ip, "def broken(m):\n    return 1 / 0\ndef words(m):\n    return 'good'\n")
+    model = ip.user_ns["model"]
+    before = state(model)
+    names = set(ip.user_ns)
+    assert fails(ip, source).startswith(message)
+    assert same_bits(model, before)
+    assert set(ip.user_ns) - names <= {"_", "__", "___"} | {k for k in ip.user_ns if k.startswith("_i")}
+    assert len(pm.history(model)) == 0
+
+
+def test_long_errors_can_be_switched_on(ip) -> None:
+    run(ip, "%config PruneMagics.short_errors = False")
+    with capture_output():
+        result = ip.run_cell("%%prune model\nclip amout=0.5\n")
+    assert isinstance(result.error_in_exec, pm.RecipeError)
+
+
+def completions(shell, line: str) -> list[str]:
+    with provisionalcompleter():
+        return sorted({c.text for c in shell.Completer.completions(line, len(line))})
+
+
+def test_tab_completion_offers_models_and_subcommands(ip) -> None:
+    run(ip, "net2 = torch.nn.Linear(2, 2)\nmodest = 3")
+    assert completions(ip, "%%prune mo") == ["model"]
+    assert completions(ip, "%%prune ") == ["model", "net2"]
+    assert completions(ip, "%prune un") == ["undo"]
+    assert completions(ip, "%prune ") == ["history", "report", "reset", "undo"]
+    assert completions(ip, "%prune undo ") == ["model", "net2"]
+    assert "modest" in completions(ip, "print(mo")  # elsewhere IPython completes as usual
+
+
+def test_unload_and_reload(ip) -> None:
+    ip.run_line_magic("reload_ext", "prune_magic")
+    run(ip, "%%prune model --quiet\nclip amount=0.5\n")
+    ip.run_line_magic("unload_ext", "prune_magic")
+    assert "prune" not in ip.magics_manager.magics["cell"]
+    with capture_output():
+        result = ip.run_cell("%prune report model")
+    assert result.error_in_exec is not None
+    ip.run_line_magic("load_ext", "prune_magic")
+
+
+def test_load_ext_imports_neither_torch_nor_matplotlib() -> None:
+    code = (
+        "import sys; from IPython.core.interactiveshell import InteractiveShell;"
+        "InteractiveShell.instance().run_line_magic('load_ext', 'prune_magic');"
+        "print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_without_torch_imported_nothing_is_a_model() -> None:
+    from prune_magic.magics import model_names
+
+    assert model_names({"x": torch.nn.Linear(1, 1)}) == ["x"]
