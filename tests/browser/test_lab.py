@@ -1,0 +1,135 @@
+"""One real-browser smoke test: JupyterLab + headless Chromium, as a student would use it.
+
+It checks what only a real frontend can: JupyterLab sends the cell id, so editing and
+re-running a %%prune cell replaces its previous run; and the output renders (summary,
+chart image) without errors. Needs Debian's chromium (`.ci/run` installs it); without it
+the test is skipped, unless PRUNE_MAGIC_BROWSER=required (as in CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+REQUIRED = os.environ.get("PRUNE_MAGIC_BROWSER") == "required"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM and not REQUIRED, reason="needs Debian's chromium (apt-get install chromium)"),
+]
+
+CELLS = [
+    "%load_ext prune_magic",
+    "import torch\nfrom torch import nn\nimport prune_magic as pm\ntorch.manual_seed(0)\n"
+    "model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))\nx = torch.randn(64, 64)\n"
+    "y = model(x).argmax(1)",
+    "%%prune model --data (x,y)\nclip amount=0.5 scope=global",
+    "print('steps:', len(pm.history(model)), 'sparsity:', round(pm.report(model).sparsity, 2))",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, root / "smoke.ipynb")
+    settings = root / "settings"
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}'
+    )
+    port, token = free_port(), uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(root / "config"),
+        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces"),
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+    }
+    cmd = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None, "jupyter lab exited at start"
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "jupyter lab did not start in 60 s"
+            time.sleep(0.5)
+    yield url, token, root
+    os.killpg(server.pid, signal.SIGTERM)  # kernels got their own sessions: the server shuts them down
+    server.wait(timeout=30)
+
+
+def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token, root = lab
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM or "chromium",
+            args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/lab/tree/smoke.ipynb?token={token}&reset")
+        expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")  # see BROWSER-TESTS G4
+        page.locator(".lm-MenuBar-itemLabel:has-text('Run')").click()
+        page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.49")
+        output = cells.nth(2).locator(".jp-OutputArea-output")
+        expect(output.locator("table.prune-magic-summary")).to_contain_text("accuracy")
+        expect(output.locator("img[alt='sparsity per layer']")).to_be_visible()
+
+        # edit the %%prune cell (0.5 -> 0.8) and run it again, then the check cell
+        editor = cells.nth(2).locator(".cm-content")
+        editor.click()
+        page.keyboard.press("Control+End")
+        for _ in range(len("scope=global")):
+            page.keyboard.press("ArrowLeft")
+        for _ in range(4):
+            page.keyboard.press("Backspace")
+        page.keyboard.type("0.8 ")
+        page.keyboard.press("Shift+Enter")
+        expect(output).to_contain_text("re-run: first undid the 1 step(s) this cell applied last time")
+        page.keyboard.press("Shift+Enter")  # the check cell is selected now
+        expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.79")
+        page.screenshot(path=str(root / "lab.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
