@@ -71,10 +71,14 @@ def chunks(flat: torch.Tensor, size: int = CHUNK) -> Iterator[tuple[int, torch.T
 
 
 def kth_key(tensors: Sequence[torch.Tensor], k: int) -> tuple[int, int, int]:
-    """Radix-select the k-th smallest magnitude (1-based) over several tensors.
+    """Select the k-th smallest magnitude (1-based) over several tensors, exactly.
 
     Returns ``(key, below, equal)``: the key of the k-th smallest |w|, how many
-    elements have a smaller key and how many share it. Exact, whatever the ties.
+    elements have a smaller key and how many share it, whatever the ties.
+
+    Pass 1 histograms the top 15 bits of every key (for float16/bfloat16 that is the
+    whole key, and the answer); pass 2 gathers the few keys in the bin that holds the
+    k-th and sorts them.
     """
     dtype = tensors[0].dtype
     if any(t.dtype != dtype for t in tensors):
@@ -86,37 +90,43 @@ def kth_key(tensors: Sequence[torch.Tensor], k: int) -> tuple[int, int, int]:
     total = sum(t.numel() for t in tensors)
     if not 1 <= k <= total:
         raise ValueError(f"k={k} is outside 1..{total}")
-    nbits, mask = key_bits(dtype), _abs_mask(dtype)
-    prefix, below, remaining = 0, 0, k
-    hist = torch.zeros(0, dtype=torch.int64)
-    for shift in range(((nbits - 1) // 16) * 16, -1, -16):
-        hist = torch.zeros(1 << 16, dtype=torch.int64)
-        for tensor in tensors:
-            part = torch.zeros(1 << 16, dtype=torch.int64, device=tensor.device)
-            for _, chunk in chunks(int_view(tensor)):
-                key = chunk & mask
-                if shift + 16 < nbits:  # only keys that share the digits chosen so far
-                    key = key[(key >> (shift + 16)) == prefix]
-                digit = key >> shift if shift + 16 >= nbits else (key >> shift) & 0xFFFF
-                part += torch.bincount(digit.view(-1), minlength=1 << 16)
-            hist += part.cpu()
-        cumulative = hist.cumsum(0)
-        digit_k = int(torch.searchsorted(cumulative, remaining))
-        skipped = int(cumulative[digit_k - 1]) if digit_k else 0
-        below += skipped
-        remaining -= skipped
-        prefix = (prefix << 16) | digit_k
-    return prefix, below, int(hist[prefix & 0xFFFF])
+    shift = key_bits(dtype) - 15
+    hist = sum((_top_histogram(int_view(t), shift) for t in tensors), torch.zeros(1 << 15, dtype=torch.int64))
+    cumulative = hist.cumsum(0)
+    top = int(torch.searchsorted(cumulative, k))
+    below = int(cumulative[top - 1]) if top else 0
+    if shift == 0:
+        return top, below, int(hist[top])
+    keys = torch.cat([_keys_in_bin(int_view(t), shift, top) for t in tensors])
+    key = int(keys.kthvalue(k - below).values)
+    return key, below + int((keys < key).sum()), int((keys == key).sum())
 
 
-def count_below(tensor: torch.Tensor, key: int) -> int:
-    """How many elements have a magnitude key below ``key`` (nonzero ones only)."""
-    mask = _abs_mask(tensor.dtype)
-    count = 0
-    for _, chunk in chunks(int_view(tensor)):
-        k = chunk & mask
-        count += int(((k < key) & (k != 0)).sum())
-    return count
+def _top_histogram(bits: torch.Tensor, shift: int) -> torch.Tensor:
+    """Histogram of the top 15 bits of the magnitude keys of ``bits``."""
+    size = min(CHUNK, bits.numel())
+    top = torch.empty(size, dtype=bits.dtype, device=bits.device)  # scratch, reused per chunk
+    hist = torch.zeros(1 << 15, dtype=torch.int64, device=bits.device)
+    for _, chunk in chunks(bits):
+        digits = top[: chunk.numel()]
+        torch.bitwise_right_shift(chunk, shift, out=digits)
+        hist += torch.bincount(digits.bitwise_and_(0x7FFF), minlength=1 << 15)
+    return hist.cpu()
+
+
+def _keys_in_bin(bits: torch.Tensor, shift: int, top: int) -> torch.Tensor:
+    """The magnitude keys (on the CPU) whose top 15 bits are ``top``."""
+    size = min(CHUNK, bits.numel())
+    digits = torch.empty(size, dtype=bits.dtype, device=bits.device)
+    hit = torch.empty(size, dtype=torch.bool, device=bits.device)
+    mask = (1 << (8 * bits.element_size() - 1)) - 1  # drop the sign bit
+    found = []
+    for _, chunk in chunks(bits):
+        n = chunk.numel()
+        torch.bitwise_right_shift(chunk, shift, out=digits[:n])
+        torch.eq(digits[:n].bitwise_and_(0x7FFF), top, out=hit[:n])
+        found.append((chunk[hit[:n].nonzero().view(-1)] & mask).cpu())
+    return torch.cat(found)
 
 
 def shrink_value(key: int, dtype: torch.dtype) -> float | None:

@@ -205,11 +205,11 @@ def _apply(step: Step, targets: list[Target], keep: bool, done: list[Entry]) -> 
     entry = Entry(str(step), [], math.nan, 0.0, undoable=keep)
     done.append(entry)
     if keep:
-        apply_clip(step, targets, entry.records)
+        zeros = apply_clip(step, targets, entry.records)
     else:
         with deferred_interrupt():  # no record to roll back with: don't stop half-way
-            apply_clip(step, targets, None)
-    entry.sparsity = _sparsity(targets)
+            zeros = apply_clip(step, targets, None)
+    entry.sparsity = _sparsity(targets, zeros)
     entry.seconds = time.perf_counter() - started
     changed = sum(r.changed for r in entry.records) if keep else None
     return StepResult(step, tuple(t.name for t in targets), entry.sparsity, entry.seconds, changed)
@@ -225,10 +225,11 @@ def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> None
 
 
 @torch.no_grad()
-def _sparsity(targets: list[Target]) -> float:
+def _sparsity(targets: list[Target], zeros: int | None) -> float:
     total = sum(t.param.numel() for t in targets)
-    nonzero = sum(int(torch.count_nonzero(t.param)) for t in targets)
-    return 1 - nonzero / total if total else 0.0
+    if zeros is None:  # not known from the step: count
+        zeros = total - sum(int(torch.count_nonzero(t.param)) for t in targets)
+    return zeros / total if total else 0.0
 
 
 def _evaluate(evaluate: Evaluate | None, model: nn.Module) -> Metric | None:

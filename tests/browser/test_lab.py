@@ -27,7 +27,9 @@ REQUIRED = os.environ.get("PRUNE_MAGIC_BROWSER") == "required"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM and not REQUIRED, reason="needs Debian's chromium (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM and not REQUIRED, reason="needs Debian's chromium (apt-get install chromium)"
+    ),
 ]
 
 CELLS = [
@@ -50,7 +52,11 @@ def free_port() -> int:
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
     nbformat.write(nb, root / "smoke.ipynb")
     settings = root / "settings"
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
@@ -67,13 +73,21 @@ def lab(tmp_path_factory):
         "PYTHONPATH": str(Path(__file__).parents[2]),
     }
     cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -98,8 +112,13 @@ def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
         browser = p.chromium.launch(
             executable_path=CHROMIUM or "chromium",
             args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
             ],
         )
@@ -108,7 +127,9 @@ def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.set_default_timeout(60_000)
         page.goto(f"{url}/lab/tree/smoke.ipynb?token={token}&reset")
-        expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")  # see BROWSER-TESTS G4
+        expect(page.locator("#jp-main-statusbar")).to_contain_text(
+            "Python 3 (ipykernel) | Idle"
+        )  # see BROWSER-TESTS G4
         page.locator(".lm-MenuBar-itemLabel:has-text('Run')").click()
         page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
         cells = page.locator(".jp-Notebook .jp-CodeCell")

@@ -46,6 +46,9 @@ def test_amount_gives_the_exact_count_and_undo_is_bit_exact(dims, seed, amount, 
         total = sum(w.numel() for w in weights)
         assert sum(zeros) == max(sum(zero_before), round(amount * total))
     pruned = state(model)
+    twin = build(dims, seed, duplicates)
+    pm.prune(twin, f"clip amount={amount!r} scope={scope}", undo=False)  # the fused path: same result
+    assert same_bits(twin, pruned)
     pm.undo(model)
     assert same_bits(model, before)
     pm.prune(model, f"clip amount={amount!r} scope={scope}")  # the same step again: the same result
