@@ -23,3 +23,10 @@ def test_the_engine_imports_torch_but_not_ipython_ipywidgets_or_matplotlib() -> 
 
 def test_importing_the_package_is_cheap() -> None:
     assert "torch" not in imported_after("import prune_magic")
+
+
+def test_the_package_exposes_exactly_the_engine_api() -> None:
+    import prune_magic
+    import prune_magic.engine
+
+    assert set(prune_magic._ENGINE_NAMES) == set(prune_magic.engine.__all__)

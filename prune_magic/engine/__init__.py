@@ -11,7 +11,9 @@ from .masks import Masks, keep_masks
 from .prune import EvaluationError, PruneResult, StepResult, prune
 from .recipe import Recipe, Step, parse_recipe
 from .report import SPARSE_FORMAT, Report, Row, count_macs, report
+from .saving import load, save
 from .selection import Target, select
+from .structured import Removal
 
 __all__ = [
     "SPARSE_FORMAT",
@@ -24,6 +26,7 @@ __all__ = [
     "PruneResult",
     "Recipe",
     "RecipeError",
+    "Removal",
     "Report",
     "Row",
     "SelectionError",
@@ -34,10 +37,12 @@ __all__ = [
     "forget",
     "history",
     "keep_masks",
+    "load",
     "parse_recipe",
     "prune",
     "report",
     "reset",
+    "save",
     "select",
     "undo",
 ]

@@ -36,9 +36,6 @@ def accuracy(
     batches = _batches(data, batch_size)
 
     def accuracy(model: nn.Module) -> float:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-        dtype = first.dtype if first is not None and first.is_floating_point() else None
         training = model.training
         model.eval()
         correct = seen = 0
@@ -48,9 +45,7 @@ def accuracy(
                     if max_samples is not None and seen >= max_samples:
                         break
                     room = None if max_samples is None else max_samples - seen
-                    inputs, targets = inputs[:room].to(device), targets[:room].to(device)
-                    if dtype is not None and inputs.is_floating_point():
-                        inputs = inputs.to(dtype)  # float64 arrays from numpy, say
+                    inputs, targets = _to_model(inputs[:room], model), targets[:room].to(_device(model))
                     correct += int((model(inputs).argmax(-1) == targets).sum())
                     seen += len(targets)
         finally:
@@ -60,6 +55,27 @@ def accuracy(
         return correct / seen
 
     return accuracy
+
+
+def first_batch(data: object, model: nn.Module, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``(inputs, targets)`` batch of ``data``, on the model's device and dtype."""
+    for inputs, targets in _batches(data, batch_size)():
+        return _to_model(inputs, model), targets.to(_device(model))
+    raise PruneError("the data is empty")
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _to_model(inputs: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Inputs on the model's device, floats in its dtype (numpy gives float64, say)."""
+    first = next(model.parameters(), None)
+    inputs = inputs.to(_device(model))
+    if first is not None and first.is_floating_point() and inputs.is_floating_point():
+        inputs = inputs.to(first.dtype)
+    return inputs
 
 
 def _batches(data: object, batch_size: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import HistoryError
 from .report import format_bytes
-from .snapshot import TensorRecord, redo_all, restore_all, tensors_by_name
+from .snapshot import Record, redo_all, restore_all, tensors_by_name
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Entry:
     """One step applied to a model."""
 
     step: str
-    records: list[TensorRecord]
+    records: list[Record]
     sparsity: float
     seconds: float
     undoable: bool = True

@@ -18,7 +18,7 @@ from torch import nn
 from .errors import HistoryError
 from .history import Entry, begin, commit, history
 from .selection import select
-from .snapshot import TensorRecord, tensors_by_name
+from .snapshot import Record, TensorRecord, tensors_by_name
 
 
 @dataclass
@@ -69,7 +69,7 @@ def keep_masks(model: nn.Module, *optimizers: torch.optim.Optimizer, undo: bool 
             "keep_masks found no clipped weights in the model; clip it first, e.g. pm.prune(model, 'clip amount=0.5')"
         )
     started = time.perf_counter()
-    records = (
+    records: list[Record] = (
         [TensorRecord.copy_of(name, t) for name, t in tensors_by_name(model).items() if t.is_floating_point()]
         if undo
         else []
@@ -87,7 +87,12 @@ def keep_masks(model: nn.Module, *optimizers: torch.optim.Optimizer, undo: bool 
 
 
 def _clipped(model: nn.Module) -> list[str]:
-    named = {r.name for e in history(model).entries for r in e.records if r.full is None}
+    named = {
+        r.name
+        for e in history(model).entries
+        for r in e.records
+        if isinstance(r, TensorRecord) and r.full is None
+    }
     if named:
         return [name for name, _ in model.named_parameters() if name in named]
     return [t.name for t in select(model)]

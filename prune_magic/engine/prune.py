@@ -26,10 +26,11 @@ from .clip import apply_clip
 from .errors import PruneError
 from .history import Entry, begin, commit, redo, rewind, sync_versions, undo
 from .recipe import Recipe, Step, parse_recipe
-from .report import Report
+from .report import Report, latency
 from .report import report as _measure
 from .selection import Target, select
 from .snapshot import deferred_interrupt, restore_all
+from .structured import Removal, apply_structured, check_forward, output_shapes
 
 Metric = float | dict[str, float]
 Evaluate = Callable[[nn.Module], object]
@@ -50,6 +51,7 @@ class StepResult:
     sparsity: float
     seconds: float
     changed: int | None  # values changed; None when no undo record was kept
+    removals: tuple[Removal, ...] = ()  # structured steps: the channels removed per layer
 
 
 @dataclass(frozen=True, repr=False)
@@ -67,6 +69,8 @@ class PruneResult:
     note: str = ""
     replaced: int = 0  # earlier steps with the same tag that this call undid first
     metric_name: str = "metric"  # what a single-number metric is called (the eval function's name)
+    latency_before: float | None = None  # seconds per forward of the example input (structured steps)
+    latency_after: float | None = None
 
     def lines(self) -> list[str]:
         """The summary, one fact a line."""
@@ -75,16 +79,15 @@ class PruneResult:
             out.append("dry run: the model was not changed")
         if self.replaced:
             out.append(f"re-run: first undid the {self.replaced} step(s) this cell applied last time")
-        for s in self.steps:
-            out.append(
-                f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse ({s.seconds * 1e3:.0f} ms)"
-            )
+        out.extend(_step_line(s) for s in self.steps)
         if self.before is not None and self.after is not None:
             b, a = self.before, self.after
             out.append(
                 f"nonzero {b.nonzero:,} -> {a.nonzero:,} of {a.params:,} params "
                 f"(sparsity {b.sparsity:.1%} -> {a.sparsity:.1%})"
             )
+        if any(s.removals for s in self.steps) and self.before is not None and self.after is not None:
+            out.extend(_structured_lines(self))
         if self.metric_before is not None and self.metric_after is not None:
             out.extend(
                 f"{k} {b:.4g} -> {a:.4g} ({a - b:+.4g})"
@@ -129,6 +132,7 @@ def prune(
     undo: bool = True,
     report: bool = True,
     tag: str | None = None,
+    data: object = None,
 ) -> PruneResult:
     """Apply ``recipe`` to ``model`` in place and say what changed.
 
@@ -146,6 +150,7 @@ def prune(
             weight). ``False`` saves that memory for very large models; the step cannot
             be undone then, nor rolled back if ``evaluate`` fails afterwards.
         report: measure per-tensor sparsity before and after (``False`` skips the passes).
+        data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``).
         tag: label the steps (a notebook cell's id, say). If the model's last steps carry
             the same tag and nothing else changed it since, they are undone first, so
             running the same cell twice does not compound.
@@ -153,7 +158,9 @@ def prune(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
     parsed = parse_recipe(recipe)
-    selections = [_select(model, step) for step in parsed.steps]
+    for step in parsed.steps:  # every pattern is checked before anything changes
+        _select(model, step)
+    structured = any(step.kind == "structured" for step in parsed.steps)
     started = time.perf_counter()
     note = begin(model)
     rewound = rewind(model, tag) if tag is not None else []
@@ -163,9 +170,11 @@ def prune(
     try:
         metric_before = _evaluate(evaluate, model)
         before = _measure(model, example_input) if report else None
-        for step, targets in zip(parsed.steps, selections):
-            results.append(_apply(step, targets, keep, done))
+        latency_before = latency(model, example_input) if structured and example_input is not None else None
+        for step in parsed.steps:
+            results.append(_apply(model, step, keep, done, example_input, data))
         after = _measure(model, example_input) if report else None
+        latency_after = latency(model, example_input) if latency_before is not None else None
         metric_after = _evaluate(evaluate, model)
     except BaseException:
         _rollback(model, done, rewound)
@@ -188,6 +197,8 @@ def prune(
         note,
         len(rewound),
         _metric_name(evaluate),
+        latency_before,
+        latency_after,
     )
 
 
@@ -199,20 +210,37 @@ def _select(model: nn.Module, step: Step) -> list[Target]:
         raise type(exc)(f"line {step.line}: {exc}") from None
 
 
-def _apply(step: Step, targets: list[Target], keep: bool, done: list[Entry]) -> StepResult:
+def _apply(
+    model: nn.Module, step: Step, keep: bool, done: list[Entry], example_input: object, data: object
+) -> StepResult:
     """Apply one step; its entry joins ``done`` before it starts, so a failure half-way rolls back."""
     started = time.perf_counter()
-    entry = Entry(str(step), [], math.nan, 0.0, undoable=keep)
-    done.append(entry)
-    if keep:
-        zeros = apply_clip(step, targets, entry.records)
+    targets = _select(model, step)  # again: an earlier structured step may have replaced tensors
+    removals: tuple[Removal, ...] = ()
+    zeros = None
+    if step.kind == "structured":  # always recorded: the record is only references to old tensors
+        entry = Entry(str(step), [], math.nan, 0.0)
+        done.append(entry)
+        shapes = output_shapes(model, example_input) if example_input is not None else None
+        removals = tuple(apply_structured(model, step, targets, example_input, entry.records, data))
+        check_forward(model, example_input, shapes)
+        targets = _select(model, step)
+        if not keep:
+            entry.records, entry.undoable = [], False
+    elif keep:
+        entry = Entry(str(step), [], math.nan, 0.0)
+        done.append(entry)
+        zeros = apply_clip(step, targets, entry.records)  # type: ignore[arg-type]
     else:
+        entry = Entry(str(step), [], math.nan, 0.0, undoable=False)
+        done.append(entry)
         with deferred_interrupt():  # no record to roll back with: don't stop half-way
             zeros = apply_clip(step, targets, None)
     entry.sparsity = _sparsity(targets, zeros)
     entry.seconds = time.perf_counter() - started
-    changed = sum(r.changed for r in entry.records) if keep else None
-    return StepResult(step, tuple(t.name for t in targets), entry.sparsity, entry.seconds, changed)
+    changed = sum(r.changed for r in entry.records) if entry.undoable else None
+    names = tuple(t.name for t in targets)
+    return StepResult(step, names, entry.sparsity, entry.seconds, changed, removals)
 
 
 def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> None:
@@ -275,3 +303,33 @@ def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[
 def _metric_name(evaluate: Evaluate | None) -> str:
     name = getattr(evaluate, "__name__", "")
     return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"
+
+
+def _step_line(s: StepResult) -> str:
+    took = f"({s.seconds * 1e3:.0f} ms)"
+    if not s.removals:
+        return f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse {took}"
+    widths = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in s.removals[:6])
+    more = f" and {len(s.removals) - 6} more" if len(s.removals) > 6 else ""
+    removed = sum(len(r.removed) for r in s.removals) / sum(r.width for r in s.removals)
+    return (
+        f"{s.step}: removed {removed:.0%} of the channels of {len(s.removals)} layers ({widths}{more}) {took}"
+    )
+
+
+def _structured_lines(r: PruneResult) -> list[str]:
+    assert r.before is not None and r.after is not None
+    b, a = r.before, r.after
+    lines = [
+        f"params {b.params:,} -> {a.params:,} ({a.params / b.params - 1:+.1%}): removing a layer's output"
+        " channels also removes the next layer's inputs, so half the channels is about three quarters"
+        " of the parameters of a stack of layers"
+    ]
+    if b.macs is not None and a.macs is not None:
+        lines.append(f"MACs {b.macs:,} -> {a.macs:,} ({a.macs / b.macs - 1:+.1%})")
+    if r.latency_before is not None and r.latency_after is not None:
+        lines.append(
+            f"latency {r.latency_before * 1e3:.2f} ms -> {r.latency_after * 1e3:.2f} ms per forward"
+            f" of the example input ({r.latency_before / r.latency_after:.2f}x faster, CPU, measured)"
+        )
+    return lines

@@ -23,7 +23,7 @@ from typing import Literal
 
 from .errors import RecipeError, did_you_mean
 
-OptionKind = Literal["fraction", "nonnegative", "choice", "patterns"]
+OptionKind = Literal["fraction", "nonnegative", "count", "choice", "patterns"]
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,26 @@ SCHEMAS: Mapping[str, StepSchema] = {
         one_of=("amount", "threshold", "sigma"),
         requires={"scope": "amount"},
     ),
+    "structured": StepSchema(
+        help="remove whole output channels (Conv) / neurons (Linear) and shrink the layers that use them",
+        options={
+            "amount": Option(
+                "fraction", "fraction of each layer's output channels to remove, 0 <= amount < 1"
+            ),
+            "scope": Option(
+                "choice", "the same share in every layer, or rank channels across layers", ("layer", "global")
+            ),
+            "importance": Option(
+                "choice", "how channels are ranked", ("l1", "l2", "random", "taylor", "bn", "lamp")
+            ),
+            "round_to": Option("count", "keep channel counts a multiple of this (e.g. 8)"),
+            **_SELECT,
+        },
+        one_of=("amount",),
+    ),
 }
 
-Value = float | str | tuple[str, ...]
+Value = float | int | str | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,8 @@ def parse_step(line: str, number: int = 1) -> Step:
     if schema.one_of and len(given) != 1:
         choices = ", ".join(f"{k}=" for k in schema.one_of)
         what = "needs one of" if not given else "takes only one of"
+        if len(schema.one_of) == 1:
+            what = "needs"
         raise RecipeError(f"line {number}: {kind} {what} {choices}")
     for key, needed in schema.requires.items():
         if key in options and needed not in options:
@@ -174,6 +193,10 @@ def _value(option: Option, key: str, raw: str, number: int) -> Value:
         if not raw or any(not p for p in patterns):
             raise RecipeError(f"line {number}: {key}= needs comma-separated names, e.g. {key}=fc1,fc2")
         return patterns
+    if option.kind == "count":
+        if not raw.isdigit() or int(raw) < 1:
+            raise RecipeError(f"line {number}: {key}={raw} must be a whole number >= 1 ({option.help})")
+        return int(raw)
     percent = raw.endswith("%") and option.kind == "fraction"
     try:
         value = float(raw[:-1]) / 100 if percent else float(raw)
@@ -187,6 +210,8 @@ def _value(option: Option, key: str, raw: str, number: int) -> Value:
 def _render(value: Value) -> str:
     if isinstance(value, tuple):
         return ",".join(value)
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, float):
         return repr(value) if value != int(value) or abs(value) >= 1e16 else str(int(value))
     return value

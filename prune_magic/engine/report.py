@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +182,20 @@ def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, 
         if key.startswith(root + ".")
     }
     return counter.get_total_flops() // 2, per_module
+
+
+def latency(model: nn.Module, example_input: object, budget: float = 0.25) -> float:
+    """Median seconds of one forward pass of ``example_input`` (no grad), within about ``budget`` s."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    times: list[float] = []
+    with torch.no_grad():
+        model(*args)  # warm up
+        started = time.perf_counter()
+        while len(times) < 5 or (time.perf_counter() - started < budget and len(times) < 200):
+            t = time.perf_counter()
+            model(*args)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def format_bytes(n: float) -> str:

@@ -3,7 +3,9 @@
 A step records, per tensor it changes, a packed bitmask of the changed positions (one
 bit per weight) and the old values at those positions, on the CPU. That is the whole
 undo record: for a clip it costs the values the step zeroed plus one bit per weight.
-Steps that change every value (training) keep a full copy instead.
+Steps that change every value (training) keep a full copy instead. Steps that replace
+a module's tensors with smaller ones (structured pruning) keep the original tensor
+objects and the module's plain attributes (:class:`ModuleRecord`).
 """
 
 from __future__ import annotations
@@ -80,23 +82,82 @@ class TensorRecord:
                 chunk.masked_scatter_(mask, values.to(flat.device))
 
 
-def restore_all(model: nn.Module, records: list[TensorRecord], swap: bool = False) -> None:
-    """Undo ``records`` (in reverse order) on ``model``'s tensors, found by name.
+@dataclass
+class ModuleRecord:
+    """A module's tensors and plain attributes as they were before a step replaced them.
 
-    With ``swap=True`` the records can be restored again to redo them (in the same order).
+    Structured pruning swaps in new, smaller Parameters; the old objects are kept (moved
+    to the CPU once the step is done), so undo puts the very same objects back.
     """
-    tensors = tensors_by_name(model)
+
+    name: str
+    tensors: dict[str, torch.Tensor | None]
+    attrs: dict[str, object]
+    devices: dict[str, torch.device] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, name: str, module: nn.Module) -> ModuleRecord:
+        tensors = {**module._parameters, **module._buffers}
+        attrs: dict[str, object] = {
+            k: v for k, v in vars(module).items() if k != "training" and isinstance(v, _PLAIN)
+        }
+        return cls(name, tensors, attrs)
+
+    def park(self) -> None:
+        """Move the kept tensors to the CPU, so the record holds no accelerator memory."""
+        for key, tensor in self.tensors.items():
+            if tensor is not None and tensor.device.type != "cpu":
+                self.devices[key] = tensor.device
+                tensor.data = tensor.data.to("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values() if t is not None)
+
+    @property
+    def changed(self) -> int:
+        return sum(t.numel() for t in self.tensors.values() if t is not None)
+
+    def restore(self, module: nn.Module, swap: bool = False) -> None:
+        """Put the kept tensors and attributes back on ``module``."""
+        current = ModuleRecord.capture(self.name, module) if swap else None
+        for key, tensor in self.tensors.items():
+            if tensor is not None and key in self.devices:
+                tensor.data = tensor.data.to(self.devices[key])
+            (module._parameters if key in module._parameters else module._buffers)[key] = tensor  # type: ignore[assignment]
+        for key, value in self.attrs.items():
+            setattr(module, key, value)
+        if current is not None:
+            self.tensors, self.attrs, self.devices = current.tensors, current.attrs, {}
+            self.park()
+
+
+_PLAIN = (int, float, bool, str, tuple, type(None))
+Record = TensorRecord | ModuleRecord
+
+
+def restore_all(model: nn.Module, records: list[Record], swap: bool = False) -> None:
+    """Undo ``records`` (in reverse order) on ``model``, finding tensors and modules by name.
+
+    With ``swap=True`` the records can be restored again to redo them (:func:`redo_all`).
+    """
     with deferred_interrupt():
         for record in reversed(records):
-            record.restore(tensors[record.name], swap)
+            _restore(model, record, swap)
 
 
-def redo_all(model: nn.Module, records: list[TensorRecord]) -> None:
+def redo_all(model: nn.Module, records: list[Record]) -> None:
     """Redo records that :func:`restore_all` undid with ``swap=True``."""
-    tensors = tensors_by_name(model)
     with deferred_interrupt():
         for record in records:
-            record.restore(tensors[record.name], swap=True)
+            _restore(model, record, swap=True)
+
+
+def _restore(model: nn.Module, record: Record, swap: bool) -> None:
+    if isinstance(record, ModuleRecord):
+        record.restore(model.get_submodule(record.name), swap)
+    else:
+        record.restore(tensors_by_name(model)[record.name], swap)
 
 
 def tensors_by_name(model: nn.Module) -> dict[str, torch.Tensor]:

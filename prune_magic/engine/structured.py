@@ -1,0 +1,356 @@
+"""The ``structured`` step: remove whole output channels and neurons, for real.
+
+Clipping leaves zeros in dense tensors, so nothing gets smaller or faster. Structured
+pruning deletes whole output channels (Conv) or neurons (Linear), and with them every
+slice that depends on them: the BatchNorm entries, the next layer's inputs, the other
+branch of a residual addition, the channels of a concatenation, the columns of a
+flattened Linear. Torch-Pruning's dependency graph (DepGraph) finds those couplings;
+this module chooses what to remove, records how to put it back, and checks the result.
+
+Two things are added around Torch-Pruning:
+
+- concatenations whose sizes its shape inference cannot work out (e.g. a DenseNet-style
+  ``cat`` feeding both a conv and a ``flatten`` -> Linear) get their sizes from a real
+  forward pass, so indices are mapped through them instead of being coupled one to one;
+- when a graph has such index mappings, it is rebuilt before each group, so the offsets
+  always match the current (already shrunk) channel counts.
+
+A channel ``amount`` of 0.5 removes about 75% of a conv stack's parameters: each layer
+loses half its outputs and the next half its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import PruneError
+from .recipe import Step
+from .selection import DEFAULT_TYPES, Target
+from .snapshot import ModuleRecord
+
+#: Importances of a channel, by recipe name; "taylor" needs data for one backward pass.
+IMPORTANCES = ("l1", "l2", "random", "taylor", "bn", "lamp")
+
+
+@dataclass(frozen=True)
+class Removal:
+    """The output channels removed from one layer (the root of a dependency group)."""
+
+    layer: str
+    width: int
+    removed: tuple[int, ...]
+
+    @property
+    def kept(self) -> int:
+        return self.width - len(self.removed)
+
+
+def apply_structured(
+    model: nn.Module,
+    step: Step,
+    targets: Sequence[Target],
+    example_input: object,
+    records: list[Any] | None,
+    data: object = None,
+) -> list[Removal]:
+    """Remove channels from the layers of ``targets`` as ``step`` says; return what went.
+
+    Every module the step changes is captured in ``records`` before it changes.
+    """
+    if example_input is None:
+        raise PruneError(
+            "structured pruning needs an example input to trace the model: "
+            "pass example_input= (or --example-input in a %%prune cell)"
+        )
+    tp = _torch_pruning()
+    args = _inputs(example_input)
+    try:
+        plan = _plan(tp, model, step, targets, args, data)
+    except PruneError:
+        raise
+    except Exception as exc:  # Torch-Pruning could not follow the graph: nothing has changed yet
+        raise PruneError(_unsupported(tp, model, exc)) from exc
+    names = {m: n for n, m in model.named_modules()}
+    captured: dict[str, ModuleRecord] = {}
+    graph = plan.graph
+    for i, (root, handler, idxs, _) in enumerate(plan.removals):
+        if plan.remap and i:  # offsets of concatenations changed with the last group
+            graph, _ = _graph(tp, model, args)
+        group = graph.get_pruning_group(model.get_submodule(root), handler, list(idxs))
+        for dep, _ in group:  # capture every module before it changes: the undo record
+            name = names.get(dep.target.module)
+            if name is not None and name not in captured:
+                captured[name] = ModuleRecord.capture(name, dep.target.module)
+                if records is not None:
+                    records.append(captured[name])
+        group.prune()
+    for record in captured.values():  # Torch-Pruning makes new Parameters: keep requires_grad
+        module = model.get_submodule(record.name)
+        for key, old in record.tensors.items():
+            new = module._parameters.get(key)
+            if new is not None and old is not None:
+                new.requires_grad_(old.requires_grad)
+        record.park()
+    return [Removal(root, width, idxs) for root, _, idxs, width in plan.removals]
+
+
+@dataclass
+class _Plan:
+    graph: Any
+    remap: bool
+    removals: list[tuple[str, Any, tuple[int, ...], int]]  # (root layer, handler, channels, width)
+
+
+def _plan(
+    tp: Any, model: nn.Module, step: Step, targets: Sequence[Target], args: tuple[Any, ...], data: object
+) -> _Plan:
+    """Trace the model, find the groups of the selected layers and the channels each loses."""
+    names = {m: n for n, m in model.named_modules()}
+    roots = {t.name.rpartition(".")[0] for t in targets if t.name.endswith(".weight")}
+    graph, remap = _graph(tp, model, args)
+    attention = _attention_modules(model)
+    protected = _output_layers(graph) | attention
+    ignored = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, DEFAULT_TYPES) and (n not in roots or m in protected)
+    ]
+    groups = [  # Torch-Pruning skips groups that would shrink an ignored layer's outputs
+        g
+        for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(DEFAULT_TYPES))
+        if not any(dep.target.module in attention for dep, _ in g)
+    ]
+    if not groups:
+        raise PruneError(
+            "nothing to prune structurally: the selected layers are the model's output layer,"
+            " attention, or coupled to them; select hidden layers with layers="
+        )
+    scores = _scores(tp, str(step.options.get("importance", "l2")), groups, model, data)
+    counts = _counts(
+        scores,
+        float(step.options["amount"]),  # type: ignore[arg-type]
+        str(step.options.get("scope", "layer")),
+        int(step.options.get("round_to", 1)),  # type: ignore[arg-type]
+    )
+    removals = [
+        (names[g[0].dep.target.module], g[0].dep.handler, tuple(sorted(s.argsort()[:c].tolist())), len(s))
+        for g, s, c in zip(groups, scores, counts, strict=True)
+        if c
+    ]
+    return _Plan(graph, remap, removals)
+
+
+def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:
+    """A one-line message for a graph Torch-Pruning cannot handle, naming the layers it has no rule for."""
+    strange = [  # layers with weights that Torch-Pruning takes for parameter-free element-wise ops
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if name
+        and any(True for _ in m.parameters(recurse=False))
+        and tp.ops.module2type(m) == tp.ops.OPTYPE.ELEMENTWISE
+    ]
+    where = f"it has no rule for {', '.join(strange)}" if strange else f"{type(exc).__name__}: {exc}"
+    return (
+        f"structured pruning cannot follow this model's graph ({where}); "
+        "exclude= the layers that feed those, or select others with layers="
+    )
+
+
+def _torch_pruning() -> Any:
+    try:
+        import torch_pruning
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise PruneError("structured pruning needs torch-pruning: pip install torch-pruning") from None
+    return torch_pruning
+
+
+class _ConcatSizes(TorchFunctionMode):
+    """Records the sizes of every ``torch.cat`` along its dim, by the output's grad_fn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[Any, list[int]] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.cat, torch.concat, torch.concatenate) and isinstance(out, torch.Tensor):
+            tensors = args[0] if args else kwargs["tensors"]
+            dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
+            if out.grad_fn is not None:
+                self.sizes[out.grad_fn] = [int(t.shape[dim]) for t in tensors]
+        return out
+
+
+def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, bool]:
+    """Build the dependency graph; return it and whether it maps indices (cat/split)."""
+    from torch_pruning.dependency import index_mapping, shape_infer
+
+    concat = tp.ops.OPTYPE.CONCAT
+    with torch.enable_grad(), _ConcatSizes() as recorded:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=list(args), verbose=False)
+    remap = False
+    for node in graph.module2node.values():
+        if node.type in (concat, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
+            remap = True
+        if node.type == concat and node.module.offsets is None and node.grad_fn in recorded.sizes:
+            # Torch-Pruning's shape inference gave up on this cat: its sizes are known from
+            # the trace, so map indices through it (its check against the consumer's width
+            # fails when a flatten follows, which is what skipped it)
+            node.module.concat_sizes = recorded.sizes[node.grad_fn]
+            with mock.patch.object(shape_infer, "infer_in_channels_recursively", return_value=None):
+                index_mapping.update_concat_index_mapping(graph, node)
+    return graph, remap
+
+
+def _output_layers(graph: Any) -> set[nn.Module]:
+    """Layers whose outputs reach the model's output without passing another layer."""
+    outputs = set()
+    for module, node in graph.module2node.items():
+        if not isinstance(module, DEFAULT_TYPES):
+            continue
+        stack, seen = list(node.outputs), set()
+        while stack:
+            nxt = stack.pop()
+            if id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            if isinstance(nxt.module, (*DEFAULT_TYPES, nn.MultiheadAttention, nn.RNNBase)):
+                break
+            stack.extend(nxt.outputs)
+        else:
+            outputs.add(module)
+    return outputs
+
+
+def _attention_modules(model: nn.Module) -> set[nn.Module]:
+    """Multi-head attention and its projections: heads and the embedding width are kept."""
+    return {sub for m in model.modules() if isinstance(m, nn.MultiheadAttention) for sub in m.modules()}
+
+
+def _scores(tp: Any, name: str, groups: list[Any], model: nn.Module, data: object) -> list[torch.Tensor]:
+    imp = tp.importance
+    importance: Callable[[Any], torch.Tensor | None] = {
+        "l1": lambda: imp.GroupMagnitudeImportance(p=1),
+        "l2": lambda: imp.GroupMagnitudeImportance(p=2),
+        "random": lambda: imp.RandomImportance(),
+        "taylor": lambda: imp.GroupTaylorImportance(),
+        "bn": lambda: imp.BNScaleImportance(),
+        "lamp": lambda: imp.LAMPImportance(p=2),
+    }[name]()
+    saved = {p: p.grad for p in model.parameters()}
+    try:
+        if name == "taylor":
+            _loss_gradients(model, data)
+        with torch.no_grad():
+            scores = [importance(g) for g in groups]
+    finally:
+        for p, grad in saved.items():
+            p.grad = grad
+    if any(s is None for s in scores):
+        raise PruneError(
+            f"importance={name} cannot score every selected layer"
+            + (" (it needs a BatchNorm after each pruned layer)" if name == "bn" else "")
+            + "; use importance=l2"
+        )
+    return [s.detach().float().cpu() for s in scores if s is not None]
+
+
+def _loss_gradients(model: nn.Module, data: object) -> None:
+    """One backward pass of the cross-entropy on the first batch of ``data`` (for Taylor)."""
+    if data is None:
+        raise PruneError(
+            "importance=taylor needs data for one backward pass: pass data= (or --data in a cell)"
+        )
+    from .evaluate import first_batch
+
+    inputs, targets = first_batch(data, model)
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+        torch.autograd.backward(loss)
+
+
+def _counts(scores: list[torch.Tensor], amount: float, scope: str, round_to: int) -> list[int]:
+    """How many channels each group loses: a share of its own, or by a global ranking."""
+    widths = [len(s) for s in scores]
+    if scope == "global":
+        everything = torch.cat(scores)
+        k = round(amount * len(everything))
+        cut = float(everything.kthvalue(k).values) if k else -math.inf
+        wanted = [int((s <= cut).sum()) for s in scores]
+    else:
+        wanted = [round(amount * w) for w in widths]
+    counts = []
+    for width, want in zip(widths, wanted, strict=True):
+        keep = max(width - want, 1)
+        keep = min(width, -(-keep // round_to) * round_to)  # a multiple of round_to, rounded up
+        counts.append(width - keep)
+    return counts
+
+
+def _inputs(example_input: object) -> tuple[Any, ...]:
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
+def output_shapes(model: nn.Module, example_input: object) -> list[tuple[int, ...]]:
+    """The shapes of the tensors ``model`` returns for ``example_input``."""
+    with torch.no_grad():
+        out = model(*_inputs(example_input))
+    return [tuple(t.shape) for t in _tensors(out)]
+
+
+def check_forward(model: nn.Module, example_input: object, expected: list[tuple[int, ...]] | None) -> None:
+    """Run the example input; raise a PruneError naming the layer that fails, or a changed output."""
+    if expected is None:
+        return
+    names = {m: n for n, m in model.named_modules()}
+    entered: list[nn.Module] = []
+
+    def leave(module: nn.Module, args: Any, out: Any) -> None:  # a hook that returns None keeps the output
+        entered.pop()
+
+    handles = [
+        h
+        for m in model.modules()
+        for h in (
+            m.register_forward_pre_hook(lambda mod, args: entered.append(mod)),
+            m.register_forward_hook(leave),
+        )
+    ]
+    try:
+        with torch.no_grad():
+            out = model(*_inputs(example_input))
+    except Exception as exc:
+        where = entered[-1] if entered else model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PruneError(
+            f"after removing channels the model fails in {names.get(where) or 'the model'} ({type(where).__name__}):"
+            f" {first}; this layer cannot follow pruned channels: exclude= the layers that feed it"
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+    shapes = [tuple(t.shape) for t in _tensors(out)]
+    if shapes != expected:
+        raise PruneError(
+            f"removing channels changed the model's output from {expected} to {shapes};"
+            " exclude= the output layer"
+        )
+
+
+def _tensors(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, tuple | list):
+        return [t for v in out for t in _tensors(v)]
+    return []

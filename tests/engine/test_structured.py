@@ -1,0 +1,181 @@
+"""structured: channels removed for real, on every architecture in the matrix."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import prune_magic as pm
+from tests.conftest import same_bits, state
+from tests.engine.architectures import ARCHITECTURES, DenseNet, Transformer
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    factory, shape = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    model = factory().eval()
+    return model, torch.randn(shape)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_architecture_shrinks_runs_trains_undoes_and_round_trips(name: str) -> None:
+    model, x = build(name)
+    original, modules = state(model), dict(model.named_modules())
+    out_shape, params = model(x).shape, n_params(model)
+    result = pm.prune(model, "structured amount=0.5", example_input=x)
+    assert result.steps[0].removals
+    assert model(x).shape == out_shape
+    assert n_params(model) < 0.85 * params
+    nn.functional.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long)).backward()  # backward works
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+    buffer = io.BytesIO()
+    pm.save(model, buffer)
+    buffer.seek(0)
+    loaded = pm.load(buffer, ARCHITECTURES[name][0]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+    pm.undo(model)
+    assert same_bits(model, original)
+    assert dict(model.named_modules()) == modules  # the very same module objects
+    assert n_params(model) == params
+
+
+def test_an_mlp_loses_the_expected_parameters() -> None:
+    model, x = build("mlp")
+    pm.prune(model, "structured amount=0.5", example_input=x)
+    assert (model.fc1.out_features, model.fc2.in_features, model.fc2.out_features) == (128, 128, 64)
+    assert (model.out.in_features, model.out.out_features) == (64, 10)  # the output layer is protected
+    assert n_params(model) == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+
+
+def test_the_report_says_the_parameter_ratio_in_words() -> None:
+    model, x = build("cnn_bn")
+    result = pm.prune(model, "structured amount=0.5", example_input=x)
+    text = str(result)
+    assert "half the channels is about three quarters of the parameters" in text
+    assert "MACs" in text and "latency" in text
+    assert result.latency_before is not None and result.latency_after is not None
+    assert result.after.macs < 0.5 * result.before.macs
+
+
+def test_transformer_prunes_mlp_hidden_units_and_keeps_heads() -> None:
+    model, x = build("transformer")
+    pm.prune(model, "structured amount=0.5", example_input=x)
+    assert model.encoder.linear1.out_features == 32
+    assert model.encoder.self_attn.embed_dim == 32 and model.encoder.self_attn.num_heads == 4
+    assert model.embed.out_features == 32
+
+
+def test_removing_channels_that_are_already_zero_changes_no_output() -> None:
+    torch.manual_seed(0)
+    model = DenseNet().eval()
+    with torch.no_grad():  # dead channels: zero weights and biases, BN passing zero through
+        for conv, dead in ((model.c1, slice(0, 4)), (model.c2, slice(2, 6)), (model.c3, slice(4, 8))):
+            conv.weight[dead] = 0
+            conv.bias[dead] = 0
+        model.bn1.bias[:4] = 0
+        model.bn1.running_mean[:4] = 0
+    x = torch.randn(2, 1, 8, 8)
+    before = model(x)
+    pm.prune(model, "structured amount=0.5 importance=l1", example_input=x)
+    assert model.c3.in_channels == 8 and model.fc.in_features == 12 * 4 * 4
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_selection_round_to_and_global_scope() -> None:
+    model, x = build("cnn_bn")
+    pm.prune(model, "structured amount=0.3 round_to=8 layers=features.0", example_input=x)
+    assert model.features[0].out_channels == 16 - 0  # 30% of 16 is 5; 11 rounds up to 16
+    pm.undo(model)
+    pm.prune(model, "structured amount=0.5 round_to=4 layers=features.3", example_input=x)
+    assert model.features[0].out_channels == 16 and model.features[3].out_channels == 16
+    pm.undo(model)
+    result = pm.prune(model, "structured amount=0.5 scope=global", example_input=x)
+    removed = sum(len(r.removed) for r in result.steps[0].removals)
+    assert removed == 24  # half of 16 + 32 channels, spread by importance
+
+
+def test_clip_and_structured_mix_in_one_recipe() -> None:
+    model, x = build("mlp")
+    original = state(model)
+    pm.prune(
+        model,
+        "clip amount=0.5\nstructured amount=0.25 layers=fc1\nclip amount=0.8 layers=fc2",
+        example_input=x,
+    )
+    assert model.fc1.out_features == 192
+    assert float((model.fc2.weight == 0).float().mean()) == pytest.approx(0.8, abs=1e-3)
+    pm.reset(model)
+    assert same_bits(model, original)
+
+
+def test_a_dry_run_previews_without_changing() -> None:
+    model, x = build("resnet")
+    before = state(model)
+    result = pm.prune(model, "structured amount=0.5", example_input=x, dry_run=True)
+    assert result.after.params < result.before.params
+    assert same_bits(model, before)
+
+
+def test_taylor_needs_data_and_uses_it() -> None:
+    model, x = build("mlp")
+    with pytest.raises(pm.PruneError, match="importance=taylor needs data"):
+        pm.prune(model, "structured amount=0.5 importance=taylor", example_input=x)
+    y = torch.tensor([1, 2])
+    pm.prune(model, "structured amount=0.5 importance=taylor", example_input=x, data=(x, y))
+    assert model.fc1.out_features == 128
+    assert all(p.grad is None for p in model.parameters())  # the gradients it needed are gone
+
+
+def test_structured_needs_an_example_input() -> None:
+    model, _ = build("mlp")
+    before = state(model)
+    with pytest.raises(pm.PruneError, match="structured pruning needs an example input"):
+        pm.prune(model, "structured amount=0.5")
+    assert same_bits(model, before)
+
+
+def test_a_layer_that_cannot_follow_is_named_and_the_model_restored() -> None:
+    class WithGRU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 16)
+            self.rnn = nn.GRU(16, 16, batch_first=True)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(self.fc(x))[0][:, -1])
+
+    torch.manual_seed(0)
+    model = WithGRU()
+    before = state(model)
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(
+        pm.PruneError, match=r"cannot follow this model's graph \(it has no rule for rnn \(GRU\)\).*exclude="
+    ):
+        pm.prune(model, "structured amount=0.5", example_input=x)
+    assert same_bits(model, before)
+    assert model.fc.out_features == 16
+
+
+def test_requires_grad_survives_removal() -> None:
+    model, x = build("mlp")
+    model.fc1.weight.requires_grad_(False)
+    pm.prune(model, "structured amount=0.5", example_input=x)
+    assert not model.fc1.weight.requires_grad and model.fc2.weight.requires_grad
+
+
+def test_weights_only_load_refuses_other_files(tmp_path) -> None:
+    model, _ = build("mlp")
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(pm.PruneError, match=r"not written by prune_magic\.save"):
+        pm.load(tmp_path / "plain.pt", Transformer)
