@@ -149,7 +149,8 @@ def prune(
         undo: keep an undo record (on the CPU, the changed values plus one bit per
             weight). ``False`` saves that memory for very large models; the step cannot
             be undone then, nor rolled back if ``evaluate`` fails afterwards.
-        report: measure per-tensor sparsity before and after (``False`` skips the passes).
+        report: measure per-tensor sparsity, MACs and (for structured steps) latency before and
+            after (``False`` skips those passes).
         data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``).
         tag: label the steps (a notebook cell's id, say). If the model's last steps carry
             the same tag and nothing else changed it since, they are undone first, so
@@ -170,7 +171,8 @@ def prune(
     try:
         metric_before = _evaluate(evaluate, model)
         before = _measure(model, example_input) if report else None
-        latency_before = latency(model, example_input) if structured and example_input is not None else None
+        timed = report and structured and example_input is not None
+        latency_before = latency(model, example_input) if timed else None
         for step in parsed.steps:
             results.append(_apply(model, step, keep, done, example_input, data))
         after = _measure(model, example_input) if report else None
