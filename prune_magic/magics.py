@@ -124,7 +124,7 @@ class PruneMagics(Magics):
         model = self._model(args.model)
         recipe = self._expand(cell)
         engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
-        evaluate = self._evaluate(args)
+        evaluate, data = self._evaluate(args)
         example = self._expression(args.example_input, "--example-input") if args.example_input else None
         tag = (
             f"cell:{self._cell_id}"
@@ -132,7 +132,7 @@ class PruneMagics(Magics):
             else "source:" + hashlib.sha1((line + "\n" + cell).encode()).hexdigest()
         )
         result = engine.prune(
-            model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag
+            model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag, data=data
         )
         if args.output:
             self.shell.user_ns[args.output] = result
@@ -227,7 +227,8 @@ class PruneMagics(Magics):
             else " (no nn.Module is defined yet)"
         )
 
-    def _evaluate(self, args: Any) -> Any:
+    def _evaluate(self, args: Any) -> tuple[Any, Any]:
+        """The eval function and the data (for steps that need data) the options name."""
         if args.eval_fn and args.data:
             raise UsageError("give --eval FN or --data DATA, not both")
         if args.eval_fn:
@@ -236,13 +237,13 @@ class PruneMagics(Magics):
                 raise UsageError(
                     f"--eval {args.eval_fn} is a {type(fn).__name__}; give a function FN(model) -> float"
                 )
-            return fn
+            return fn, None
         if args.data:
             from .engine.evaluate import accuracy
 
             data = self._expression(args.data, "--data")
-            return accuracy(data, self.eval_samples or None)
-        return None
+            return accuracy(data, self.eval_samples or None), data
+        return None, None
 
     def _expression(self, text: str, option: str) -> Any:
         if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # magic_arguments keeps quotes

@@ -47,6 +47,37 @@ def sparsity_chart(after: Report, before: Report | None = None, title: str = "Sp
     return fig
 
 
+def width_chart(after: Report, before: Report, title: str = "Width per layer") -> Figure:
+    """Horizontal bars: each layer's outputs (channels or neurons) before (outline) and after (filled)."""
+    old = {
+        r.name: r
+        for r in before.rows
+        if r.name.endswith("weight") and r.shape and "Norm" not in r.module_type
+    }
+    rows = [r for r in after.rows if r.name in old]
+    fig = Figure(figsize=(6.4, min(1.2 + 0.32 * len(rows), 12)), layout="constrained")
+    ax = fig.subplots()
+    positions = list(range(len(rows)))[::-1]
+    ax.barh(
+        positions,
+        [old[r.name].shape[0] for r in rows],
+        fill=False,
+        edgecolor="black",
+        linewidth=0.8,
+        label="before",
+    )
+    ax.barh(positions, [r.shape[0] for r in rows], color=KEPT, label="after")
+    for y, r in zip(positions, rows, strict=True):
+        ax.text(old[r.name].shape[0], y, f" {old[r.name].shape[0]}→{r.shape[0]}", va="center", fontsize=8)
+    ax.set_yticks(positions, [f"{r.name.removesuffix('.weight')}  {r.module_type}" for r in rows], fontsize=8)
+    ax.set_xlim(0, 1.25 * max((old[r.name].shape[0] for r in rows), default=1))
+    ax.set_xlabel("output channels / neurons")
+    ax.set_title(f"{title}: {after.params:,} of {before.params:,} parameters left", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
 def png(fig: Figure, dpi: int = 96) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()

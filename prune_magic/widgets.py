@@ -35,14 +35,33 @@ class PruneView:
         if r.before is not None and r.after is not None:
             b, a = r.before, r.after
             facts += [
-                ("params", f"{a.params:,}"),
+                (
+                    "params",
+                    f"{b.params:,} → {a.params:,}"
+                    + (f" ({a.params / b.params - 1:+.1%})" if b.params else ""),
+                ),
                 ("nonzero", f"{b.nonzero:,} → {a.nonzero:,}"),
                 ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%}"),
                 ("size", _size(b, a)),
             ]
-            if a.macs is not None:
+            if b.macs is not None and a.macs is not None:
+                note = "" if self.structured else " (zeros in dense weights still cost MACs)"
+                facts.append(("MACs", f"{format_count(b.macs)} → {format_count(a.macs)} per forward{note}"))
+            if r.latency_before is not None and r.latency_after is not None:
                 facts.append(
-                    ("MACs", f"{format_count(a.macs)} per forward (zeros in dense weights still cost MACs)")
+                    (
+                        "latency",
+                        f"{r.latency_before * 1e3:.2f} ms → {r.latency_after * 1e3:.2f} ms"
+                        f" ({r.latency_before / r.latency_after:.2f}x faster; measured on this CPU)",
+                    )
+                )
+            if self.structured:
+                facts.append(
+                    (
+                        "why",
+                        "removing a layer's output channels also removes the next layer's inputs:"
+                        " half the channels of a stack of layers is about three quarters of its parameters",
+                    )
                 )
         if r.metric_before is not None and r.metric_after is not None:
             changes = metric_changes(r.metric_before, r.metric_after, r.metric_name)
@@ -52,11 +71,21 @@ class PruneView:
         facts.append(("time", f"{r.seconds:.2f} s"))
         return facts
 
+    @property
+    def structured(self) -> bool:
+        """Whether a step removed channels (then widths, not zeros, are the story)."""
+        return any(s.removals for s in self.result.steps)
+
     def png(self) -> bytes | None:
-        if not self.charts or self.result.after is None:
+        r = self.result
+        if not self.charts or r.after is None:
             return None
         if self._png is None:
-            self._png = plots.png(plots.sparsity_chart(self.result.after, self.result.before))
+            if self.structured and r.before is not None:
+                figure = plots.width_chart(r.after, r.before)
+            else:
+                figure = plots.sparsity_chart(r.after, r.before)
+            self._png = plots.png(figure)
         return self._png
 
     def __str__(self) -> str:
@@ -75,7 +104,8 @@ class PruneView:
         image = self.png()
         if image is not None:
             data = base64.b64encode(image).decode()
-            parts.append(f"<img alt='sparsity per layer' src='data:image/png;base64,{data}'/>")
+            alt = "width per layer" if self.structured else "sparsity per layer"
+            parts.append(f"<img alt='{alt}' src='data:image/png;base64,{data}'/>")
         if self.result.after is not None:
             parts.append(
                 f"<details><summary>per-layer table</summary>{self.result.after._repr_html_()}</details>"
@@ -91,7 +121,9 @@ class PruneView:
 
 
 def _size(before: Report, after: Report) -> str:
-    return (
-        f"{format_bytes(after.dense_bytes)} dense (unchanged: zeros are still stored); "
-        f"{format_bytes(before.sparse_bytes)} → {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
+    dense = (
+        f"{format_bytes(after.dense_bytes)} dense (unchanged: zeros are still stored)"
+        if before.dense_bytes == after.dense_bytes
+        else f"{format_bytes(before.dense_bytes)} → {format_bytes(after.dense_bytes)} dense"
     )
+    return f"{dense}; {format_bytes(before.sparse_bytes)} → {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"

@@ -143,6 +143,17 @@ def test_report_and_usage(ip) -> None:
     assert "%prune undo MODEL" in usage and "%%prune MODEL" in usage
 
 
+def test_a_structured_cell_shows_widths_params_macs_and_latency(ip) -> None:
+    out = run(ip, "%%prune model --example-input X[:1] -o res\nstructured amount=0.5\n")
+    text = out.outputs[0].data["text/plain"]
+    assert "params  50,826 → 17,226 (-66.1%)" in text
+    assert "latency" in text and "three quarters" in text
+    assert "alt='width per layer'" in out.outputs[0].data["text/html"]
+    assert ip.user_ns["model"][0].out_features == 128
+    run(ip, "%prune undo model")
+    assert ip.user_ns["model"][0].out_features == 256
+
+
 ERRORS = [
     ("%%prune modle\nclip amount=0.5\n", "name 'modle' is not defined; did you mean 'model'?"),
     (
@@ -182,6 +193,10 @@ ERRORS = [
         "evaluation data must be a DataLoader or an (X, y) pair, not Tensor",
     ),
     ("%%prune model --eval agreement --data X\nclip amount=0.5\n", "give --eval FN or --data DATA, not both"),
+    (
+        "%%prune model\nstructured amount=0.5\n",
+        "structured pruning needs an example input to trace the model",
+    ),
     ("%prune undo model", "nothing to undo: no prune_magic step has been applied to this model"),
     ("%prune und model", "unknown subcommand 'und'; did you mean 'undo'?"),
     ("%prune undo", "usage: %prune undo MODEL"),

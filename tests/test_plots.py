@@ -26,3 +26,13 @@ def test_one_bar_per_weight_at_its_sparsity(mlp) -> None:
 def test_no_before_outline_when_nothing_was_zero(mlp) -> None:
     result = pm.prune(mlp, "clip amount=0.5")
     assert len(plots.sparsity_chart(result.after, result.before).axes[0].containers) == 1
+
+
+def test_the_width_chart_shows_each_layer_before_and_after(cnn) -> None:
+    import torch
+
+    result = pm.prune(cnn, "structured amount=0.5", example_input=torch.randn(1, 1, 8, 8))
+    ax = plots.width_chart(result.after, result.before).axes[0]
+    before, after = ax.containers
+    assert [b.get_width() for b in before] == [8, 16, 10]  # conv, conv, classifier (norm layers left out)
+    assert [b.get_width() for b in after] == [4, 8, 10]
