@@ -179,3 +179,28 @@ def test_weights_only_load_refuses_other_files(tmp_path) -> None:
     torch.save(model.state_dict(), tmp_path / "plain.pt")
     with pytest.raises(pm.PruneError, match=r"not written by prune_magic\.save"):
         pm.load(tmp_path / "plain.pt", Transformer)
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "random", "bn", "lamp"])
+def test_every_importance_ranks_channels(importance: str) -> None:
+    model, x = build("cnn_bn")
+    pm.prune(model, f"structured amount=0.5 importance={importance}", example_input=x)
+    assert (model.features[0].out_channels, model.features[3].out_channels) == (8, 16)
+
+
+def test_bn_importance_needs_batchnorm() -> None:
+    model, x = build("mlp")
+    with pytest.raises(pm.PruneError, match="importance=bn cannot score every selected layer"):
+        pm.prune(model, "structured amount=0.5 importance=bn", example_input=x)
+
+
+def test_a_pruned_model_deepcopies_and_pickles() -> None:
+    import copy
+    import pickle
+
+    model, x = build("resnet")
+    pm.prune(model, "structured amount=0.5", example_input=x)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(copy.deepcopy(model)(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(pickle.loads(pickle.dumps(model))(x), expected, rtol=0, atol=0)
