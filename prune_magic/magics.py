@@ -83,7 +83,11 @@ class PruneMagics(Magics):
         metavar="DATA",
         help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after",
     )
-    @argument("--example-input", metavar="EXPR", help="an input for the model (an expression), to count MACs")
+    @argument(
+        "--example-input",
+        metavar="EXPR",
+        help="an input for the model (an expression): counts MACs, and traces the model for structured steps",
+    )
     @argument("-o", "--output", metavar="NAME", help="store the result object in the namespace under NAME")
     @argument("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
     @argument("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
@@ -100,6 +104,14 @@ class PruneMagics(Magics):
             %%prune net --eval evaluate --example-input x[:1]
             clip threshold={t}          # t from the namespace
             clip sigma=0.5 layers=features.*
+
+            %%prune net --example-input x[:1] --data "(X_test, y_test)"
+            structured amount=0.5 importance=l2 exclude=classifier
+
+        Steps: ``clip`` (``threshold=``, ``amount=`` with ``scope=layer|global``, or
+        ``sigma=``) zeroes the weights of smallest |w|; ``structured amount=`` removes
+        whole channels/neurons (needs ``--example-input``). Both take ``layers=`` and
+        ``exclude=`` (names, globs like ``features.*``, or types like ``Conv2d``).
 
         Running the same cell again does not compound: it starts from the state the model
         had before that cell's previous run (as long as nothing else changed the model).
@@ -151,8 +163,8 @@ class PruneMagics(Magics):
             from .engine.errors import did_you_mean
 
             raise UsageError(
-                f"unknown subcommand {command!r}{did_you_mean(command, SUBCOMMANDS)}; "
-                f"use one of: {', '.join(SUBCOMMANDS)} (or a %%prune cell to prune)"
+                f"unknown subcommand {command!r}{did_you_mean(command, SUBCOMMANDS)}"
+                f" (subcommands: {', '.join(SUBCOMMANDS)}; a %%prune cell prunes)"
             )
         if len(rest) != 1:
             raise UsageError(f"usage: %prune {command} MODEL")

@@ -127,3 +127,9 @@ def _size(before: Report, after: Report) -> str:
         else f"{format_bytes(before.dense_bytes)} → {format_bytes(after.dense_bytes)} dense"
     )
     return f"{dense}; {format_bytes(before.sparse_bytes)} → {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
+
+
+def _change(before: int, after: int) -> str:
+    if before == after or not before:
+        return f"{after:,}"
+    return f"{before:,} → {after:,} ({after / before - 1:+.1%})"
