@@ -8,20 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from tests.engine.architectures import MLP
+
 torch.set_num_threads(1)
-
-
-class MLP(nn.Module):
-    """The quickstart's shape: 64-256-128-10."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 256)
-        self.fc2 = nn.Linear(256, 128)
-        self.out = nn.Linear(128, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+__all__ = ["MLP", "same_bits", "state"]
 
 
 class SmallCNN(nn.Module):
