@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -36,25 +37,36 @@ def accuracy(
     batches = _batches(data, batch_size)
 
     def accuracy(model: nn.Module) -> float:
-        training = model.training
-        model.eval()
         correct = seen = 0
-        try:
-            with torch.no_grad():
-                for inputs, targets in batches():
-                    if max_samples is not None and seen >= max_samples:
-                        break
-                    room = None if max_samples is None else max_samples - seen
-                    inputs, targets = _to_model(inputs[:room], model), targets[:room].to(_device(model))
-                    correct += int((model(inputs).argmax(-1) == targets).sum())
-                    seen += len(targets)
-        finally:
-            model.train(training)
+        with eval_mode(model), torch.no_grad():
+            for inputs, targets in batches():
+                if max_samples is not None and seen >= max_samples:
+                    break
+                room = None if max_samples is None else max_samples - seen
+                inputs, targets = _to_model(inputs[:room], model), targets[:room].to(_device(model))
+                correct += int((model(inputs).argmax(-1) == targets).sum())
+                seen += len(targets)
         if not seen:
             raise PruneError("the evaluation data is empty")
         return correct / seen
 
     return accuracy
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the block, then give every module its own mode back.
+
+    Forward passes the engine makes (tracing, MACs, latency, metrics) must not update
+    BatchNorm statistics or change which modules train.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def first_batch(data: object, model: nn.Module, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from .report import Report, latency
 from .report import report as _measure
 from .selection import Target, select
 from .snapshot import deferred_interrupt, restore_all
-from .structured import Removal, apply_structured, check_forward, output_shapes
+from .structured import Removal, apply_structured
 
 Metric = float | dict[str, float]
 Evaluate = Callable[[nn.Module], object]
@@ -223,9 +223,7 @@ def _apply(
     if step.kind == "structured":  # always recorded: the record is only references to old tensors
         entry = Entry(str(step), [], math.nan, 0.0)
         done.append(entry)
-        shapes = output_shapes(model, example_input) if example_input is not None else None
         removals = tuple(apply_structured(model, step, targets, example_input, entry.records, data))
-        check_forward(model, example_input, shapes)
         targets = _select(model, step)
         if not keep:
             entry.records, entry.undoable = [], False

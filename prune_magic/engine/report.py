@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .evaluate import eval_mode
+
 #: How :attr:`Report.sparse_bytes` counts: the smallest lossless store of a sparse tensor.
 SPARSE_FORMAT = "bitmask + nonzero values"
 
@@ -173,7 +175,7 @@ def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, 
     """Multiply-accumulates of one forward pass: the total and per module name."""
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with eval_mode(model), torch.no_grad(), counter:
         model(*args)
     root = type(model).__name__
     per_module = {
@@ -188,7 +190,7 @@ def latency(model: nn.Module, example_input: object, budget: float = 0.25) -> fl
     """Median seconds of one forward pass of ``example_input`` (no grad), within about ``budget`` s."""
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     times: list[float] = []
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         model(*args)  # warm up
         started = time.perf_counter()
         while len(times) < 5 or (time.perf_counter() - started < budget and len(times) < 200):

@@ -32,6 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import PruneError
+from .evaluate import eval_mode, first_batch
 from .recipe import Step
 from .selection import DEFAULT_TYPES, Target
 from .snapshot import ModuleRecord
@@ -83,7 +84,7 @@ def apply_structured(
     graph = plan.graph
     for i, (root, handler, idxs, _) in enumerate(plan.removals):
         if plan.remap and i:  # offsets of concatenations changed with the last group
-            graph, _ = _graph(tp, model, args)
+            graph, _, _ = _graph(tp, model, args)
         group = graph.get_pruning_group(model.get_submodule(root), handler, list(idxs))
         for dep, _ in group:  # capture every module before it changes: the undo record
             name = names.get(dep.target.module)
@@ -99,6 +100,7 @@ def apply_structured(
             if new is not None and old is not None:
                 new.requires_grad_(old.requires_grad)
         record.park()
+    check_forward(model, example_input, plan.shapes)
     return [Removal(root, width, idxs) for root, _, idxs, width in plan.removals]
 
 
@@ -106,6 +108,7 @@ def apply_structured(
 class _Plan:
     graph: Any
     remap: bool
+    shapes: list[tuple[int, ...]]  # of the model's outputs, seen while tracing
     removals: list[tuple[str, Any, tuple[int, ...], int]]  # (root layer, handler, channels, width)
 
 
@@ -115,7 +118,7 @@ def _plan(
     """Trace the model, find the groups of the selected layers and the channels each loses."""
     names = {m: n for n, m in model.named_modules()}
     roots = {t.name.rpartition(".")[0] for t in targets if t.name.endswith(".weight")}
-    graph, remap = _graph(tp, model, args)
+    graph, remap, shapes = _graph(tp, model, args)
     attention = _attention_modules(model)
     protected = _output_layers(graph) | attention
     ignored = [
@@ -145,7 +148,7 @@ def _plan(
         for g, s, c in zip(groups, scores, counts, strict=True)
         if c
     ]
-    return _Plan(graph, remap, removals)
+    return _Plan(graph, remap, shapes, removals)
 
 
 def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:
@@ -189,13 +192,23 @@ class _ConcatSizes(TorchFunctionMode):
         return out
 
 
-def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, bool]:
-    """Build the dependency graph; return it and whether it maps indices (cat/split)."""
+def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, bool, list[tuple[int, ...]]]:
+    """Build the dependency graph; return it, whether it maps indices (cat/split) and the
+    shapes of the outputs its trace saw (so no extra forward pass is needed for them)."""
     from torch_pruning.dependency import index_mapping, shape_infer
 
+    shapes: list[tuple[int, ...]] = []
+
+    def forward(module: nn.Module, inputs: list[Any]) -> Any:
+        out = module(*inputs)
+        shapes[:] = [tuple(t.shape) for t in _tensors(out)]
+        return out
+
     concat = tp.ops.OPTYPE.CONCAT
-    with torch.enable_grad(), _ConcatSizes() as recorded:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=list(args), verbose=False)
+    with eval_mode(model), torch.enable_grad(), _ConcatSizes() as recorded:
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=list(args), forward_fn=forward, verbose=False
+        )
     remap = False
     for node in graph.module2node.values():
         if node.type in (concat, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
@@ -207,7 +220,7 @@ def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, bool]
             node.module.concat_sizes = recorded.sizes[node.grad_fn]
             with mock.patch.object(shape_infer, "infer_in_channels_recursively", return_value=None):
                 index_mapping.update_concat_index_mapping(graph, node)
-    return graph, remap
+    return graph, remap, shapes
 
 
 def _output_layers(graph: Any) -> set[nn.Module]:
@@ -269,11 +282,9 @@ def _loss_gradients(model: nn.Module, data: object) -> None:
         raise PruneError(
             "importance=taylor needs data for one backward pass: pass data= (or --data in a cell)"
         )
-    from .evaluate import first_batch
-
     inputs, targets = first_batch(data, model)
     model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():  # no BatchNorm statistics change
         loss = nn.functional.cross_entropy(model(inputs), targets)
         torch.autograd.backward(loss)
 
@@ -300,17 +311,8 @@ def _inputs(example_input: object) -> tuple[Any, ...]:
     return example_input if isinstance(example_input, tuple) else (example_input,)
 
 
-def output_shapes(model: nn.Module, example_input: object) -> list[tuple[int, ...]]:
-    """The shapes of the tensors ``model`` returns for ``example_input``."""
-    with torch.no_grad():
-        out = model(*_inputs(example_input))
-    return [tuple(t.shape) for t in _tensors(out)]
-
-
-def check_forward(model: nn.Module, example_input: object, expected: list[tuple[int, ...]] | None) -> None:
+def check_forward(model: nn.Module, example_input: object, expected: list[tuple[int, ...]]) -> None:
     """Run the example input; raise a PruneError naming the layer that fails, or a changed output."""
-    if expected is None:
-        return
     names = {m: n for n, m in model.named_modules()}
     entered: list[nn.Module] = []
 
@@ -326,7 +328,7 @@ def check_forward(model: nn.Module, example_input: object, expected: list[tuple[
         )
     ]
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(*_inputs(example_input))
     except Exception as exc:
         where = entered[-1] if entered else model

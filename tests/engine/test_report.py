@@ -36,3 +36,13 @@ def test_text_and_html(mlp) -> None:
     assert "MACs" in text
     html = r._repr_html_()
     assert html.startswith("<table") and "fc2.weight" in html
+
+
+def test_counting_macs_leaves_batchnorm_statistics_and_modes_alone(cnn) -> None:
+    from tests.conftest import same_bits, state
+
+    cnn.train()
+    before = state(cnn)
+    pm.report(cnn, torch.randn(4, 1, 8, 8))
+    assert same_bits(cnn, before)
+    assert cnn.training and cnn.features[1].training

@@ -204,3 +204,22 @@ def test_a_pruned_model_deepcopies_and_pickles() -> None:
         expected = model(x)
         torch.testing.assert_close(copy.deepcopy(model)(x), expected, rtol=0, atol=0)
         torch.testing.assert_close(pickle.loads(pickle.dumps(model))(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("importance", ["l2", "taylor"])
+def test_a_model_in_training_mode_keeps_its_statistics_and_modes(importance: str) -> None:
+    model, x = build("resnet")
+    model.train()
+    model.layer1.eval()  # a user's mixed modes come back as they were
+    original = state(model)
+    modes = {n: m.training for n, m in model.named_modules()}
+    pm.prune(
+        model,
+        f"structured amount=0.5 importance={importance}",
+        example_input=x,
+        data=(x, torch.tensor([0, 1])),
+    )
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    pm.undo(model)  # BatchNorm running statistics never moved, so undo is bit-exact
+    assert same_bits(model, original)
+    assert {n: m.training for n, m in model.named_modules()} == modes
