@@ -25,11 +25,8 @@ import copy
 import ctypes
 import gc
 import itertools
-import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 import torch.nn.utils.prune as tprune
+from common import footer, header
 from torch import nn
 
 import prune_magic as pm
@@ -542,21 +540,6 @@ def warm_up() -> None:
     pm.forget(model)
 
 
-def revision() -> str:
-    """The checkout's commit, and whether prune_magic/ has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "prune_magic"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return commit + (" + uncommitted changes in prune_magic/" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1M,25M,100M", help="comma-separated sizes (K/M/G suffixes)")
@@ -574,12 +557,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     check_peak_reset()
-    started = time.perf_counter()
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, prune_magic {pm.__version__}")
-    print(f"commit: {revision()}")
-    print(f"torch.get_num_threads(): {torch.get_num_threads()}")
-    print(f"os.getloadavg(): {tuple(round(x, 2) for x in os.getloadavg())}  (cpus: {os.cpu_count()})")
+    started = header()
     print(
         f"repeat {args.repeat} (best time; largest peak); torch methods once if the first run > {args.slow:g} s"
     )
@@ -589,9 +567,7 @@ def main() -> None:
     missed: list[str] = []
     for size in sizes:
         missed += bench_size(size, args.repeat, args.slow, args.forward_budget)
-    print(f"\nos.getloadavg() at the end: {tuple(round(x, 2) for x in os.getloadavg())}")
-    print(f"total {time.perf_counter() - started:.0f} s")
-    print("goals missed: " + ("none" if not missed else "\n  " + "\n  ".join(missed)))
+    footer(started, missed)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,7 @@ import copy
 import gc
 import importlib
 import importlib.metadata
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 import torch_pruning as tp
+from common import footer, header
 from torch import nn
 
 import prune_magic as pm
@@ -432,21 +430,6 @@ def bench(name: str, size: int, repeat: int, budget: float) -> list[str]:
     return missed
 
 
-def revision() -> str:
-    """The checkout's commit, and whether prune_magic/ has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "prune_magic"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return commit + (" + uncommitted changes in prune_magic/" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
@@ -462,15 +445,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, torch-pruning {importlib.metadata.version('torch-pruning')},"
-        f" prune_magic {pm.__version__}"
-    )
-    print(f"commit: {revision()}")
-    print(f"torch.get_num_threads(): {torch.get_num_threads()}")
-    print(f"os.getloadavg(): {tuple(round(x, 2) for x in os.getloadavg())}  (cpus: {os.cpu_count()})")
+    started = header(f", torch-pruning {importlib.metadata.version('torch-pruning')}")
     print(
         f"input 1x3x{args.size}x{args.size} (latency also at batch 32); recipe {RECIPE!r}; repeat {args.repeat}"
         " (best time, each run on a fresh deepcopy made outside the timed region; one untimed warm-up each)"
@@ -479,9 +454,7 @@ def main() -> None:
     missed: list[str] = []
     for name in args.models.split(","):
         missed += bench(name.strip(), args.size, args.repeat, args.budget)
-    print(f"\nos.getloadavg() at the end: {tuple(round(x, 2) for x in os.getloadavg())}")
-    print(f"total {time.perf_counter() - started:.0f} s")
-    print("goals missed: " + ("none" if not missed else "\n  " + "\n  ".join(missed)))
+    footer(started, missed)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""What every benchmark prints around its tables: when, where, with what, and under which load."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import prune_magic as pm
+
+
+def revision() -> str:
+    """The checkout's commit, and whether prune_magic/ has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "prune_magic"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + (" + uncommitted changes in prune_magic/" if dirty else "")
+
+
+def header(versions: str = "") -> float:
+    """Print date, versions, commit, threads and load; return the start time."""
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}{versions}, prune_magic {pm.__version__}"
+    )
+    print(f"commit: {revision()}")
+    print(f"torch.get_num_threads(): {torch.get_num_threads()}")
+    print(f"os.getloadavg(): {tuple(round(x, 2) for x in os.getloadavg())}  (cpus: {os.cpu_count()})")
+    sys.stdout.flush()
+    return time.perf_counter()
+
+
+def footer(started: float, missed: list[str]) -> None:
+    """Print the load at the end, the total time and every goal missed."""
+    print(f"\nos.getloadavg() at the end: {tuple(round(x, 2) for x in os.getloadavg())}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    print("goals missed: " + ("none" if not missed else "\n  " + "\n  ".join(missed)))
