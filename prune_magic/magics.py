@@ -6,17 +6,21 @@ the extension loads.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
+from IPython.core.getipython import get_ipython
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
+from IPython.utils.process import arg_split
 from traitlets import Bool, Integer
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ SUBCOMMANDS = {
     "reset": "undo every step: MODEL's weights as they were before prune_magic",
     "report": "per-layer table of MODEL (params, nonzero, sparsity, size)",
     "history": "the steps applied to MODEL, with their sparsity and undo memory",
+    "sensitivity": "prune one layer at a time at several levels; curves, and a per-layer budget",
 }
 
 USAGE = "\n".join(
@@ -166,6 +171,9 @@ class PruneMagics(Magics):
                 f"unknown subcommand {command!r}{did_you_mean(command, SUBCOMMANDS)}"
                 f" (subcommands: {', '.join(SUBCOMMANDS)}; a %%prune cell prunes)"
             )
+        if command == "sensitivity":
+            self._sensitivity(" ".join(rest))
+            return
         if len(rest) != 1:
             raise UsageError(f"usage: %prune {command} MODEL")
         from . import engine
@@ -181,6 +189,32 @@ class PruneMagics(Magics):
             display(engine.report(model))
         else:
             display(engine.history(model))
+
+    def _sensitivity(self, line: str) -> None:
+        args = _SWEEP.parse_args(arg_split(line))
+        from .engine.sensitivity import sensitivity
+        from .widgets import SweepView
+
+        model = self._model(args.model)
+        evaluate, data = self._evaluate(args)
+        if evaluate is None:
+            raise UsageError("the sweep needs a metric: --eval FN or --data DATA")
+        try:
+            levels = [float(v) for v in args.levels.split(",")]
+        except ValueError:
+            raise UsageError(f"--levels {args.levels}: give amounts such as 0.1,0.3,0.5,0.7,0.9") from None
+        example = self._expression(args.example_input, "--example-input") if args.example_input else None
+        view = SweepView(None, args.model, args.tolerance, self.charts)  # type: ignore[arg-type]
+        live = _LiveDisplay()
+        result = sensitivity(
+            model, evaluate, levels=levels, step=args.step, layers=_patterns(args.layers),
+            exclude=_patterns(args.exclude), example_input=example, data=data,
+            progress=lambda partial: live.show(view, partial),
+        )  # fmt: skip
+        view.result = result
+        live.done(view)
+        if args.output:
+            self.shell.user_ns[args.output] = result
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -282,6 +316,68 @@ class PruneMagics(Magics):
 
             lines[number - 1] = _EXPAND.sub(value, code) + text[len(code) :]
         return "\n".join(lines)
+
+
+class _SweepParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        from .engine.errors import did_you_mean
+
+        options = [o for action in self._actions for o in action.option_strings]
+        unknown = re.findall(r"(--?[\w-]+)", message.partition("unrecognized arguments:")[2])
+        hint = did_you_mean(unknown[0], options) if unknown else ""
+        raise UsageError(f"%prune sensitivity: {message}{hint} (options: {' '.join(options)})")
+
+
+_SWEEP = _SweepParser(prog="%prune sensitivity", add_help=False)
+_SWEEP.add_argument("model")
+_SWEEP.add_argument("--eval", dest="eval_fn", metavar="FN")
+_SWEEP.add_argument("--data", metavar="DATA")
+_SWEEP.add_argument("--levels", default="0.1,0.3,0.5,0.7,0.9")
+_SWEEP.add_argument("--step", choices=("clip", "structured"), default="clip")
+_SWEEP.add_argument("--layers")
+_SWEEP.add_argument("--exclude")
+_SWEEP.add_argument("--example-input", metavar="EXPR")
+_SWEEP.add_argument("--tolerance", type=float, default=0.01)
+_SWEEP.add_argument("-o", "--output", metavar="NAME")
+
+
+def _patterns(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+class _LiveDisplay:
+    """Shows a sweep while it runs: an updating output in a notebook, a progress line elsewhere."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+        self.last = 0.0
+        self.kernel = "ipykernel" in sys.modules and getattr(get_ipython(), "kernel", None) is not None
+
+    def show(self, view: Any, partial: Any) -> None:
+        view.result = partial
+        points = sum(m is not None for ms in partial.curves.values() for m in ms)
+        total = len(partial.curves) * len(partial.levels)
+        if not self.kernel:
+            bar = "#" * (20 * points // total)
+            print(f"\rsensitivity [{bar:<20}] {points}/{total} points", end="", flush=True)
+            return
+        now = time.monotonic()
+        if now - self.last < 1.0:  # the chart fills in about once a second
+            return
+        self.last = now
+        if self.handle is None:
+            self.handle = display(view, display_id=True)
+        else:
+            self.handle.update(view)
+
+    def done(self, view: Any) -> None:
+        if not self.kernel:
+            print()
+            display(view)
+        elif self.handle is None:
+            display(view)
+        else:
+            self.handle.update(view)
 
 
 def model_names(namespace: dict[str, Any]) -> list[str]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .engine import Report
+from .engine.sensitivity import Sensitivity
 
 KEPT, REMOVED = "#4c72b0", "#dd8452"
 
@@ -75,6 +77,30 @@ def width_chart(after: Report, before: Report, title: str = "Width per layer") -
     ax.set_title(f"{title}: {after.params:,} of {before.params:,} parameters left", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
+def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
+    """One line per layer: the metric after pruning only that layer, against the level."""
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ax.set_prop_cycle(color=colormaps["tab20"].colors)
+    levels = [100 * v for v in result.levels]
+    for layer, metrics in result.curves.items():
+        points = [(x, m) for x, m in zip(levels, metrics, strict=True) if m is not None]
+        if points:  # every curve starts at the unpruned model
+            xs, ys = zip((0.0, result.baseline), *points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=layer)
+    ax.axhline(result.baseline, color="black", linewidth=0.8, linestyle="--", label="unpruned")
+    ax.axhspan(
+        result.baseline - tolerance, result.baseline, color="0.85", zorder=0, label=f"within {tolerance:g}"
+    )
+    ax.set_xlabel(f"{result.step} amount in one layer (%)")
+    ax.set_ylabel(result.metric_name)
+    ax.set_title(f"Sensitivity: {result.metric_name} when only one layer is pruned", fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(result.curves) <= 12:
+        fig.legend(loc="outside right upper", fontsize=7)
     return fig
 
 

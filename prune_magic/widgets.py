@@ -17,6 +17,7 @@ from . import plots
 from .engine import PruneResult, Report
 from .engine.prune import metric_changes
 from .engine.report import SPARSE_FORMAT, format_bytes, format_count
+from .engine.sensitivity import Sensitivity
 
 
 @dataclass
@@ -133,3 +134,44 @@ def _change(before: int, after: int) -> str:
     if before == after or not before:
         return f"{after:,}"
     return f"{before:,} → {after:,} ({after / before - 1:+.1%})"
+
+
+@dataclass
+class SweepView:
+    """The display of a sensitivity sweep: curves per layer, the table and the budget recipe."""
+
+    result: Sensitivity
+    name: str
+    tolerance: float = 0.01
+    charts: bool = True
+
+    def _budget(self) -> str:
+        recipe = self.result.recipe(self.tolerance)
+        if not recipe:
+            return f"no layer can be pruned at {self.result.levels[0]:.0%} within {self.tolerance:g} of the baseline"
+        return recipe
+
+    def __str__(self) -> str:
+        return (
+            f"{self.result}\n\nper-layer budget (highest level within {self.tolerance:g} of the baseline),"
+            f" as a recipe to paste into a %%prune {self.name} cell:\n{self._budget()}"
+        )
+
+    def png(self) -> bytes | None:
+        return plots.png(plots.sensitivity_chart(self.result, self.tolerance)) if self.charts else None
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": str(self)}
+        image = self.png()
+        parts = []
+        if image is not None:
+            data = base64.b64encode(image).decode()
+            bundle["image/png"] = data
+            parts.append(f"<img alt='sensitivity per layer' src='data:image/png;base64,{data}'/>")
+        parts.append(self.result._repr_html_())
+        parts.append(
+            f"<p>Per-layer budget (highest level within {self.tolerance:g} of the baseline), as a recipe:</p>"
+            f"<pre class='prune-magic-budget'>{html.escape(self._budget())}</pre>"
+        )
+        bundle["text/html"] = "<div class='prune-magic'>" + "".join(parts) + "</div>"
+        return bundle

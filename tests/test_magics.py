@@ -36,6 +36,7 @@ not_a_model = X
 def ip():
     shell = InteractiveShell.instance()
     shell.reset(new_session=False)
+    shell.config.pop("PruneMagics", None)  # %config from an earlier test must not leak
     shell.run_line_magic("load_ext", "prune_magic")
     run(shell, SETUP)
     yield shell
@@ -232,7 +233,7 @@ def test_tab_completion_offers_models_and_subcommands(ip) -> None:
     assert completions(ip, "%%prune mo") == ["model"]
     assert completions(ip, "%%prune ") == ["model", "net2"]
     assert completions(ip, "%prune un") == ["undo"]
-    assert completions(ip, "%prune ") == ["history", "report", "reset", "undo"]
+    assert completions(ip, "%prune ") == ["history", "report", "reset", "sensitivity", "undo"]
     assert completions(ip, "%prune undo ") == ["model", "net2"]
     assert "modest" in completions(ip, "print(mo")  # elsewhere IPython completes as usual
 
@@ -262,3 +263,36 @@ def test_without_torch_imported_nothing_is_a_model() -> None:
     from prune_magic.magics import model_names
 
     assert model_names({"x": torch.nn.Linear(1, 1)}) == ["x"]
+
+
+def test_a_sensitivity_sweep_shows_curves_and_a_budget_recipe(ip) -> None:
+    model = ip.user_ns["model"]
+    before = state(model)
+    out = run(ip, "%prune sensitivity model --eval agreement --levels 0.2,0.5,0.9 --tolerance 0.5 -o sens")
+    sens = ip.user_ns["sens"]
+    assert sens.complete and list(sens.curves) == ["0", "2", "4"]
+    bundle = out.outputs[-1].data
+    assert {"text/plain", "text/html", "image/png"} <= set(bundle)
+    assert "as a recipe to paste into a %%prune model cell" in bundle["text/plain"]
+    assert sens.recipe(0.5).splitlines()[0].startswith("clip amount=")
+    assert same_bits(model, before)
+    assert len(pm.history(model)) == 0  # a sweep is not a step
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("%prune sensitivity model", "the sweep needs a metric: --eval FN or --data DATA"),
+        (
+            "%prune sensitivity model --eval agreement --levls 0.3",
+            "%prune sensitivity: unrecognized arguments: --levls 0.3; did you mean '--levels'",
+        ),
+        (
+            "%prune sensitivity model --eval agreement --levels 0.3,x",
+            "--levels 0.3,x: give amounts such as 0.1,0.3,0.5,0.7,0.9",
+        ),
+        ("%prune sensitivity model --eval agreement --levels 1.5", "levels must be amounts 0 <= level < 1"),
+    ],
+)
+def test_sweep_errors_are_one_line(ip, line: str, message: str) -> None:
+    assert fails(ip, line).startswith(message)

@@ -198,7 +198,7 @@ def prune(
         time.perf_counter() - started,
         note,
         len(rewound),
-        _metric_name(evaluate),
+        metric_name(evaluate),
         latency_before,
         latency_after,
     )
@@ -300,7 +300,7 @@ def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[
     return []
 
 
-def _metric_name(evaluate: Evaluate | None) -> str:
+def metric_name(evaluate: Evaluate | None) -> str:
     name = getattr(evaluate, "__name__", "")
     return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"
 

@@ -1,0 +1,132 @@
+"""Sensitivity sweeps: the same numbers as pruning copies one by one, faster, and never a changed model."""
+
+from __future__ import annotations
+
+import copy
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from torch import nn
+
+import prune_magic as pm
+from prune_magic.engine.sensitivity import Sensitivity, sensitivity
+from tests.conftest import same_bits, state
+from tests.engine.architectures import MLP, ResNet
+
+LEVELS = (0.3, 0.6, 0.9)
+
+
+def setup(factory: type[nn.Module], shape: tuple[int, ...], shuffle: bool = False):
+    torch.manual_seed(0)
+    model = factory().eval()
+    X = torch.randn(*shape)
+    y = model(X).argmax(1)
+
+    def accuracy(m: nn.Module) -> float:
+        order = torch.randperm(len(X)) if shuffle else torch.arange(len(X))
+        with torch.no_grad():
+            return sum(int((m(X[i]).argmax(1) == y[i]).sum()) for i in order.split(32)) / len(X)
+
+    return model, accuracy
+
+
+def reference(model: nn.Module, accuracy, names, step: str = "clip", **kwargs) -> dict[str, list[float]]:
+    """The slow way: a deep copy per point."""
+    out = {}
+    for name in names:
+        out[name] = []
+        for level in LEVELS:
+            twin = copy.deepcopy(model)
+            pm.prune(twin, f"{step} amount={level} layers={name}", report=False, **kwargs)
+            out[name].append(accuracy(twin))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "shuffle"),
+    [(MLP, (96, 64), False), (ResNet, (96, 1, 8, 8), False), (ResNet, (96, 1, 8, 8), True)],
+)
+def test_the_sweep_matches_pruning_copies_and_leaves_the_model(factory, shape, shuffle) -> None:
+    model, accuracy = setup(factory, shape, shuffle)
+    before = state(model)
+    result = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    assert result.complete and result.baseline == 1.0
+    assert result.curves == reference(model, accuracy, result.curves)
+    assert same_bits(model, before)
+    assert not any("forward" in vars(m) for m in model.modules())  # replays removed
+    assert len(pm.history(model)) == 0
+
+
+class CountingLinear(nn.Linear):
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CountingLinear.calls += 1
+        return super().forward(x)
+
+
+def test_modules_before_the_pruned_layer_run_once_per_layer() -> None:
+    model, accuracy = setup(MLP, (64, 64))
+    model.fc1.__class__ = CountingLinear
+    CountingLinear.calls = 0
+    result = sensitivity(model, accuracy, levels=LEVELS, layers=["fc2"], stop_below=-1)
+    assert CountingLinear.calls == 2 * 2  # baseline + the first level (2 batches each); later levels replay
+    assert result.evaluations == 4
+
+
+def test_a_layer_stops_once_its_metric_collapses() -> None:
+    model, accuracy = setup(MLP, (64, 64))
+    result = sensitivity(model, accuracy, levels=(0.5, 0.99), stop_below=2.0)  # everything "collapses"
+    assert all(curve == [curve[0], None] for curve in result.curves.values())
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_sweeps_restore_the_model_and_keep_what_they_measured(error) -> None:
+    model, accuracy = setup(ResNet, (32, 1, 8, 8))
+    before = state(model)
+    calls = []
+
+    def flaky(m: nn.Module) -> float:
+        calls.append(1)
+        if len(calls) == 6:
+            raise error("stop")
+        return accuracy(m)
+
+    result = sensitivity(model, flaky, levels=LEVELS)
+    assert not result.complete and "the model is as it was" in result.stopped
+    assert same_bits(model, before)
+    measured = [m for curve in result.curves.values() for m in curve if m is not None]
+    assert len(measured) == 4  # baseline + 4 points before the 6th call
+    pm.prune(model, "clip amount=0.5")  # the history is still usable
+    pm.undo(model)
+
+
+def test_an_executor_runs_the_points_on_copies() -> None:
+    model, accuracy = setup(MLP, (64, 64))
+    in_place = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    with ThreadPoolExecutor(2) as pool:
+        parallel = sensitivity(model, accuracy, levels=LEVELS, executor=pool)
+    assert parallel.curves == in_place.curves
+
+
+def test_structured_sweeps_need_an_example_input_and_restore_the_model() -> None:
+    model, accuracy = setup(ResNet, (32, 1, 8, 8))
+    before = state(model)
+    x = torch.randn(1, 1, 8, 8)
+    result = sensitivity(
+        model, accuracy, levels=(0.5,), step="structured", example_input=x, layers=["layer1.conv1", "fc"]
+    )
+    assert list(result.curves) == ["layer1.conv1", "fc"]
+    assert result.curves["layer1.conv1"][0] is not None
+    assert "nothing to prune structurally" in result.stopped  # fc is the output layer
+    assert same_bits(model, before) and model.layer1.conv1.out_channels == 16
+
+
+def test_budget_and_recipe() -> None:
+    result = Sensitivity(
+        "clip", (0.3, 0.6, 0.9), 0.9, {"a": [0.9, 0.895, 0.5], "b": [0.85, None, None], "c": [0.9, 0.7, 0.9]}
+    )
+    assert result.budget(0.01) == {"a": 0.6, "b": 0.0, "c": 0.3}
+    assert result.recipe(0.01) == "clip amount=0.6 layers=a\nclip amount=0.3 layers=c"
+    assert "stopped early" not in str(result)
