@@ -35,6 +35,8 @@ _ENGINE_NAMES = frozenset(
         "forget",
         "history",
         "keep_masks",
+        "sensitivity",
+        "Sensitivity",
         "load",
         "save",
         "Removal",

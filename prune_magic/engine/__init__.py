@@ -13,6 +13,7 @@ from .recipe import Recipe, Step, parse_recipe
 from .report import SPARSE_FORMAT, Report, Row, count_macs, report
 from .saving import load, save
 from .selection import Target, select
+from .sensitivity import Sensitivity, sensitivity
 from .structured import Removal
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Report",
     "Row",
     "SelectionError",
+    "Sensitivity",
     "Step",
     "StepResult",
     "Target",
@@ -44,5 +46,6 @@ __all__ = [
     "reset",
     "save",
     "select",
+    "sensitivity",
     "undo",
 ]
