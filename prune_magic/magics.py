@@ -58,6 +58,9 @@ class PruneMagics(Magics):
         True, help="Show errors as one red line (UsageError); False shows the full traceback."
     ).tag(config=True)
     charts = Bool(True, help="Draw the per-layer sparsity chart in a %%prune cell's output.").tag(config=True)
+    widgets = Bool(
+        True, help="In a notebook kernel, show a live dashboard (sliders, undo) instead of a static output."
+    ).tag(config=True)
 
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -153,9 +156,14 @@ class PruneMagics(Magics):
         )
         if args.output:
             self.shell.user_ns[args.output] = result
-        if not args.quiet:
-            from .widgets import PruneView
+        if args.quiet:
+            return
+        from .widgets import PruneDashboard, PruneView, Rerun
 
+        if self.widgets and not args.dry_run and getattr(self.shell, "kernel", None) is not None:
+            rerun = Rerun(model, evaluate, example, data, tag)
+            display(PruneDashboard(result, args.model, rerun, charts=self.charts))
+        else:
             display(PruneView(result, args.model, charts=self.charts))
 
     def _line(self, line: str) -> None:

@@ -104,6 +104,19 @@ def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
     return fig
 
 
+def tried_chart(points: list[tuple[float, float]], metric: str = "metric") -> Figure:
+    """The metric at every slider value tried so far, in value order."""
+    fig = Figure(figsize=(3.6, 2.6), layout="constrained")
+    ax = fig.subplots()
+    xs, ys = zip(*sorted(points), strict=True)
+    ax.plot(xs, ys, marker="o", markersize=4, color=KEPT)
+    ax.set_xlabel("value tried")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} at each value tried", fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def png(fig: Figure, dpi: int = 96) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()

@@ -36,11 +36,7 @@ class PruneView:
         if r.before is not None and r.after is not None:
             b, a = r.before, r.after
             facts += [
-                (
-                    "params",
-                    f"{b.params:,} → {a.params:,}"
-                    + (f" ({a.params / b.params - 1:+.1%})" if b.params else ""),
-                ),
+                ("params", _change(b.params, a.params)),
                 ("nonzero", f"{b.nonzero:,} → {a.nonzero:,}"),
                 ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%}"),
                 ("size", _size(b, a)),
@@ -175,3 +171,172 @@ class SweepView:
         )
         bundle["text/html"] = "<div class='prune-magic'>" + "".join(parts) + "</div>"
         return bundle
+
+
+class PruneDashboard:
+    """The live view of a ``%%prune`` cell: sliders re-apply its recipe, buttons undo.
+
+    Moving a slider re-applies the cell's recipe with the new value from the model's state
+    before the cell (the engine's tagged steps: the cell's previous run is undone first, in
+    one transaction), evaluates, and redraws. If anything fails, the model stays at the
+    last good state and the error shows in the dashboard. Sliders update on release.
+    """
+
+    def __init__(self, result: PruneResult, name: str, rerun: Rerun, charts: bool = True) -> None:
+        import ipywidgets as w
+
+        self.name, self.rerun, self.charts = name, rerun, charts
+        self.view = PruneView(result, name, charts)
+        self.recipe = result.recipe
+        self.tried: list[tuple[float, float]] = []  # (slider value, metric) of the points tried
+        self.summary = w.HTML()
+        self.image = w.Image(format="png")
+        self.curve = w.Image(format="png", layout=w.Layout(display="none"))  # shown from two points on
+        self.line = w.HTML()
+        self.status = w.HTML()
+        self.sliders = {}
+        for i, step in enumerate(self.recipe.steps):
+            for option, value in step.options.items():
+                bounds = _bounds(option, value)
+                if bounds is None:
+                    continue
+                slider = w.FloatSlider(
+                    value=float(value), min=bounds[0], max=bounds[1], step=bounds[2],
+                    description=f"{step.kind} {option}" if len(self.recipe.steps) == 1 else f"{i + 1}: {option}",
+                    continuous_update=False, readout_format=".3g", style={"description_width": "initial"},
+                )  # fmt: skip
+                slider.add_class("prune-magic-slider")
+                slider.observe(self._moved(i, option), "value")
+                self.sliders[i, option] = slider
+        self.undo_button = w.Button(description="Undo", icon="undo")
+        self.reset_button = w.Button(description="Reset", icon="refresh")
+        self.undo_button.on_click(lambda _: self._history("undo"))
+        self.reset_button.on_click(lambda _: self._history("reset"))
+        for widget, name_ in (
+            (self.summary, "summary"),
+            (self.image, "chart"),
+            (self.status, "status"),
+            (self.line, "recipe"),
+        ):
+            widget.add_class(f"prune-magic-{name_}")
+        self.box = w.VBox(
+            [*self.sliders.values(), self.line, w.HBox([self.undo_button, self.reset_button, self.status]),
+             w.HBox([self.summary, self.curve]), self.image]
+        )  # fmt: skip
+        self._show(result)
+
+    def _moved(self, index: int, option: str) -> Any:
+        def changed(change: dict[str, Any]) -> None:
+            steps = list(self.recipe.steps)
+            steps[index] = steps[index].replace(**{option: float(change["new"])})
+            self._busy(True)
+            try:
+                result = self.rerun("\n".join(str(s) for s in steps))
+            except Exception as exc:  # the engine rolled back: the model is at the last good state
+                self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+                return
+            finally:
+                self._busy(False)
+            self.recipe = result.recipe
+            metric = _first_metric(result)
+            if metric is not None:
+                self.tried.append((float(change["new"]), metric))
+            self._show(result)
+
+        return changed
+
+    def _history(self, verb: str) -> None:
+        from . import engine
+
+        self._busy(True)
+        try:
+            model = self.rerun.model
+            done = engine.undo(model) if verb == "undo" else engine.reset(model)
+            self.status.value = html.escape(
+                f"undid {done.step!r}" if verb == "undo" else f"reset: undid {len(done)} step(s)"  # type: ignore[union-attr, arg-type]
+            )
+            report = engine.report(model)
+            self.summary.value = f"<pre>{html.escape(report.summary())}</pre>"
+        except Exception as exc:
+            self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+        finally:
+            self._busy(False)
+
+    def _busy(self, busy: bool) -> None:
+        for widget in (*self.sliders.values(), self.undo_button, self.reset_button):
+            widget.disabled = busy
+        if busy:
+            self.status.value = "<i>updating…</i>"
+        elif self.status.value == "<i>updating…</i>":
+            self.status.value = ""
+
+    def _show(self, result: PruneResult) -> None:
+        self.view = PruneView(result, self.name, self.charts)
+        rows = "".join(
+            f"<tr><th style='text-align:right'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in self.view.summary()
+        )
+        self.summary.value = f"<table class='prune-magic-summary'>{rows}</table>"
+        self.line.value = f"<code>{html.escape(str(result.recipe))}</code> reproduces this model"
+        image = self.view.png()
+        if image is not None:
+            self.image.value = image
+        if self.charts and len(self.tried) > 1:
+            self.curve.value = plots.png(plots.tried_chart(self.tried, result.metric_name))
+            self.curve.layout.display = None
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle = self.view._repr_mimebundle_()  # for static viewers: text, HTML, PNG
+        bundle.update(self.box._repr_mimebundle_(include=include, exclude=exclude))
+        return bundle
+
+
+@dataclass
+class Rerun:
+    """Applies a cell's recipe again, as the cell would (same model, eval, input and tag)."""
+
+    model: Any
+    evaluate: Any = None
+    example_input: Any = None
+    data: Any = None
+    tag: str | None = None
+
+    def __call__(self, recipe: str) -> PruneResult:
+        from . import engine
+
+        return engine.prune(
+            self.model,
+            recipe,
+            evaluate=self.evaluate,
+            example_input=self.example_input,
+            tag=self.tag,
+            data=self.data,
+        )
+
+
+def _bounds(option: str, value: object) -> tuple[float, float, float] | None:
+    """(min, max, step) of the slider for a numeric recipe option, or None."""
+    if not isinstance(value, float):
+        return None
+    if option == "amount":
+        return 0.0, 0.99, 0.01
+    if option == "sigma":
+        return 0.0, max(3.0, 2 * value), 0.05
+    if option == "threshold":
+        top = 2 * value if value > 0 else 0.1
+        return 0.0, top, top / 100
+    return None
+
+
+def _first_metric(result: PruneResult) -> float | None:
+    changes = (
+        metric_changes(result.metric_before, result.metric_after, result.metric_name)
+        if result.metric_before is not None and result.metric_after is not None
+        else []
+    )
+    return changes[0][2] if changes else None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

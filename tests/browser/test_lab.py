@@ -136,7 +136,17 @@ def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
         expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.49")
         output = cells.nth(2).locator(".jp-OutputArea-output")
         expect(output.locator("table.prune-magic-summary")).to_contain_text("accuracy")
-        expect(output.locator("img[alt='sparsity per layer']")).to_be_visible()
+        chart = output.locator("img.prune-magic-chart")
+        expect(chart).to_be_visible()
+        first_chart = chart.get_attribute("src")
+
+        # the dashboard: one key press on the slider re-applies the recipe at 0.51
+        output.locator(".prune-magic-slider .noUi-handle").focus()
+        page.keyboard.press("ArrowRight")
+        expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.51 scope=global")
+        expect(output.locator(".prune-magic-status")).not_to_contain_text("updating")
+        expect(chart).not_to_have_attribute("src", first_chart)
+        page.keyboard.press("Escape")
 
         # edit the %%prune cell (0.5 -> 0.8) and run it again, then the check cell
         editor = cells.nth(2).locator(".cm-content")
@@ -149,6 +159,7 @@ def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
         page.keyboard.type("0.8 ")
         page.keyboard.press("Shift+Enter")
         expect(output).to_contain_text("re-run: first undid the 1 step(s) this cell applied last time")
+        expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.8 scope=global")
         page.keyboard.press("Shift+Enter")  # the check cell is selected now
         expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.79")
         page.screenshot(path=str(root / "lab.png"), full_page=True)

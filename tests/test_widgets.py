@@ -1,0 +1,84 @@
+"""The dashboard, driven from Python as the browser's messages would drive it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prune_magic as pm
+from prune_magic.widgets import PruneDashboard, Rerun
+from tests.conftest import same_bits, state
+
+
+@pytest.fixture
+def dashboard(mlp):
+    x = torch.randn(128, 64)
+    y = mlp(x).argmax(1)
+    calls = {"n": 0, "fail": False}
+
+    def agreement(model):
+        calls["n"] += 1
+        if calls["fail"]:
+            raise RuntimeError("eval broke")
+        return float((model(x).argmax(1) == y).float().mean())
+
+    rerun = Rerun(mlp, agreement, tag="cell-1")
+    result = rerun("clip amount=0.5 scope=global")
+    return PruneDashboard(result, "mlp", rerun), mlp, calls
+
+
+def zeros(model) -> int:
+    return sum(int((t.param == 0).sum()) for t in pm.select(model))
+
+
+def test_moving_the_slider_reapplies_the_recipe_from_the_cells_start(dashboard) -> None:
+    board, model, _ = dashboard
+    total = sum(t.param.numel() for t in pm.select(model))
+    chart, summary = board.image.value, board.summary.value
+    slider = board.sliders[0, "amount"]
+    slider.value = 0.9
+    assert zeros(model) == round(0.9 * total)
+    assert len(pm.history(model)) == 1  # replaced, not compounded
+    assert "clip amount=0.9 scope=global" in board.summary.value and board.summary.value != summary
+    assert board.image.value != chart
+    assert "clip amount=0.9 scope=global" in board.line.value
+    slider.value = 0.2
+    assert zeros(model) == round(0.2 * total)  # lower than before: the cell starts from the dense model
+    assert [v for v, _ in board.tried] == [0.9, 0.2]
+    assert (
+        board.curve.value and board.curve.layout.display is None
+    )  # the metric-vs-value chart, from two points on
+    assert not slider.disabled and "updating" not in board.status.value  # busy state cleared
+
+
+def test_an_eval_that_raises_shows_in_the_dashboard_and_keeps_the_last_good_model(dashboard) -> None:
+    board, model, calls = dashboard
+    good = state(model)
+    calls["fail"] = True
+    board.sliders[0, "amount"].value = 0.95
+    assert "eval broke" in board.status.value
+    assert same_bits(model, good)
+    assert not board.sliders[0, "amount"].disabled
+
+
+def test_undo_and_reset_buttons(dashboard, mlp) -> None:
+    board, model, _ = dashboard
+    board.undo_button.click()
+    assert zeros(model) == 0 and "undid &#x27;clip amount=0.5 scope=global&#x27;" in board.status.value
+    board.sliders[0, "amount"].value = 0.7
+    board.reset_button.click()
+    assert zeros(model) == 0 and "reset: undid 1 step(s)" in board.status.value
+
+
+def test_static_viewers_get_text_html_and_png_beside_the_widget(dashboard) -> None:
+    board, _, _ = dashboard
+    bundle = board._repr_mimebundle_()
+    assert {"text/plain", "text/html", "image/png", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
+
+
+def test_threshold_and_sigma_get_sliders_too(mlp) -> None:
+    rerun = Rerun(mlp, tag="c")
+    board = PruneDashboard(rerun("clip threshold=0.02\nclip sigma=0.5 layers=out"), "mlp", rerun)
+    assert set(board.sliders) == {(0, "threshold"), (1, "sigma")}
+    board.sliders[1, "sigma"].value = 1.0
+    assert str(board.recipe).splitlines()[1] == "clip sigma=1 layers=out"
