@@ -151,6 +151,15 @@ class PruneMagics(Magics):
             if self._cell_id
             else "source:" + hashlib.sha1((line + "\n" + cell).encode()).hexdigest()
         )
+        live = (
+            self.widgets
+            and not args.quiet
+            and not args.dry_run
+            and getattr(self.shell, "kernel", None) is not None
+        )
+        start = (
+            _histograms(model) if live and self.charts else None
+        )  # the weights before the cell, for the dashboard
         result = engine.prune(
             model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag, data=data
         )
@@ -160,9 +169,9 @@ class PruneMagics(Magics):
             return
         from .widgets import PruneDashboard, PruneView, Rerun
 
-        if self.widgets and not args.dry_run and getattr(self.shell, "kernel", None) is not None:
+        if live:
             rerun = Rerun(model, evaluate, example, data, tag)
-            display(PruneDashboard(result, args.model, rerun, charts=self.charts))
+            display(PruneDashboard(result, args.model, rerun, charts=self.charts, start=start))
         else:
             display(PruneView(result, args.model, charts=self.charts))
 
@@ -386,6 +395,13 @@ class _LiveDisplay:
             display(view)
         else:
             self.handle.update(view)
+
+
+def _histograms(model: Any) -> dict[str, Any]:
+    """Magnitude histograms of the model's weights, by parameter name."""
+    from .engine.report import histogram
+
+    return {name: histogram(p) for name, p in model.named_parameters() if name.endswith("weight")}
 
 
 def model_names(namespace: dict[str, Any]) -> list[str]:

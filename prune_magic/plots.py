@@ -12,6 +12,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .engine import Report
+from .engine.report import Histogram
 from .engine.sensitivity import Sensitivity
 
 KEPT, REMOVED = "#4c72b0", "#dd8452"
@@ -114,6 +115,25 @@ def tried_chart(points: list[tuple[float, float]], metric: str = "metric") -> Fi
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} at each value tried", fontsize=9)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def magnitude_histogram(hist: Histogram, layer: str, cut: float | None = None) -> Figure:
+    """How many weights have each magnitude |w| (log scale), with a clip's cut drawn at ``cut``."""
+    fig = Figure(figsize=(4.8, 2.8), layout="constrained")
+    ax = fig.subplots()
+    if hist.counts:
+        widths = [b - a for a, b in zip(hist.edges, hist.edges[1:], strict=False)]
+        ax.bar(hist.edges[:-1], hist.counts, width=widths, align="edge", color=KEPT)
+        ax.set_xscale("log")
+        if cut is not None:
+            ax.axvline(cut, color=REMOVED, linewidth=1.5, label="cut: smaller |w| are zeroed")
+            ax.axvspan(hist.edges[0], cut, color=REMOVED, alpha=0.15)
+            ax.legend(fontsize=7)
+    sample = " (1/16 sample)" if hist.sampled else ""
+    ax.set_title(f"{layer}: |w| before the cell{sample}", fontsize=9)
+    ax.set_xlabel("|w|")
+    ax.set_ylabel("weights")
     return fig
 
 

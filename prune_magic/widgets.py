@@ -182,9 +182,18 @@ class PruneDashboard:
     last good state and the error shows in the dashboard. Sliders update on release.
     """
 
-    def __init__(self, result: PruneResult, name: str, rerun: Rerun, charts: bool = True) -> None:
+    def __init__(
+        self,
+        result: PruneResult,
+        name: str,
+        rerun: Rerun,
+        charts: bool = True,
+        start: dict[str, Any] | None = None,
+    ) -> None:
+        """``start``: histograms of the weights before the cell (name -> Histogram), to draw the cut on."""
         import ipywidgets as w
 
+        self.start = start or {}
         self.name, self.rerun, self.charts = name, rerun, charts
         self.view = PruneView(result, name, charts)
         self.recipe = result.recipe
@@ -208,6 +217,14 @@ class PruneDashboard:
                 slider.add_class("prune-magic-slider")
                 slider.observe(self._moved(i, option), "value")
                 self.sliders[i, option] = slider
+        weights = [r.name for r in (result.after.rows if result.after else ()) if r.name.endswith("weight")]
+        self.layer = w.Dropdown(
+            options=weights, description="histogram of", style={"description_width": "initial"}
+        )
+        self.layer.add_class("prune-magic-layer")
+        self.histogram = w.Image(format="png")
+        self.histogram.add_class("prune-magic-histogram")
+        self.layer.observe(lambda _: self._draw_histogram(), "value")
         self.undo_button = w.Button(description="Undo", icon="undo")
         self.reset_button = w.Button(description="Reset", icon="refresh")
         self.undo_button.on_click(lambda _: self._history("undo"))
@@ -221,7 +238,7 @@ class PruneDashboard:
             widget.add_class(f"prune-magic-{name_}")
         self.box = w.VBox(
             [*self.sliders.values(), self.line, w.HBox([self.undo_button, self.reset_button, self.status]),
-             w.HBox([self.summary, self.curve]), self.image]
+             w.HBox([self.summary, self.curve]), self.image, self.layer, self.histogram]
         )  # fmt: skip
         self._show(result)
 
@@ -281,9 +298,22 @@ class PruneDashboard:
         image = self.view.png()
         if image is not None:
             self.image.value = image
+        self._draw_histogram()
         if self.charts and len(self.tried) > 1:
             self.curve.value = plots.png(plots.tried_chart(self.tried, result.metric_name))
             self.curve.layout.display = None
+
+    def _draw_histogram(self) -> None:
+        if not self.charts or not self.layer.value:
+            return
+        from .engine.report import histogram
+
+        now = histogram(self.rerun.model.get_parameter(self.layer.value))
+        before = self.start.get(self.layer.value)
+        figure = plots.magnitude_histogram(
+            before or now, self.layer.value, cut=now.smallest_kept if now.zeros else None
+        )
+        self.histogram.value = plots.png(figure)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle = self.view._repr_mimebundle_()  # for static viewers: text, HTML, PNG

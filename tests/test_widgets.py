@@ -22,9 +22,12 @@ def dashboard(mlp):
             raise RuntimeError("eval broke")
         return float((model(x).argmax(1) == y).float().mean())
 
+    from prune_magic.engine.report import histogram
+
+    start = {n: histogram(p) for n, p in mlp.named_parameters() if n.endswith("weight")}
     rerun = Rerun(mlp, agreement, tag="cell-1")
     result = rerun("clip amount=0.5 scope=global")
-    return PruneDashboard(result, "mlp", rerun), mlp, calls
+    return PruneDashboard(result, "mlp", rerun, start=start), mlp, calls
 
 
 def zeros(model) -> int:
@@ -82,3 +85,27 @@ def test_threshold_and_sigma_get_sliders_too(mlp) -> None:
     assert set(board.sliders) == {(0, "threshold"), (1, "sigma")}
     board.sliders[1, "sigma"].value = 1.0
     assert str(board.recipe).splitlines()[1] == "clip sigma=1 layers=out"
+
+
+def test_the_histogram_follows_the_chosen_layer_and_the_cut(dashboard) -> None:
+    board, _, _ = dashboard
+    assert board.layer.options == ("fc1.weight", "fc2.weight", "out.weight")
+    first = board.histogram.value
+    board.layer.value = "fc2.weight"
+    assert board.histogram.value != first
+    drawn = board.histogram.value
+    board.sliders[0, "amount"].value = 0.9
+    assert board.histogram.value != drawn  # redrawn after the re-run
+
+
+def test_histograms_bin_every_weight_and_mark_the_cut(mlp) -> None:
+    from prune_magic.engine.report import histogram
+
+    pm.prune(mlp, "clip amount=0.7 layers=fc1")
+    hist = histogram(mlp.fc1.weight)
+    assert hist.zeros + sum(hist.counts) == mlp.fc1.weight.numel()
+    assert hist.zeros == round(0.7 * mlp.fc1.weight.numel())
+    kept = mlp.fc1.weight.detach()[mlp.fc1.weight.detach() != 0].abs()
+    assert hist.smallest_kept == float(kept.min())
+    big = histogram(torch.randn(2_000_000), exact_up_to=1 << 20)
+    assert big.sampled and sum(big.counts) == -(-(2_000_000 // 4096) // 16) * 4096  # every 16th block of 4096

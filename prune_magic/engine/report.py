@@ -186,6 +186,39 @@ def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, 
     return counter.get_total_flops() // 2, per_module
 
 
+@dataclass(frozen=True)
+class Histogram:
+    """Pre-binned magnitudes of one tensor: exact zeros apart, the rest on log-spaced bins."""
+
+    zeros: int
+    counts: tuple[int, ...]
+    edges: tuple[float, ...]
+    smallest_kept: float | None  # the smallest nonzero |w|: where a clip's cut now lies
+    sampled: bool  # counts are from a 1/16 block sample of a large tensor
+
+
+def histogram(tensor: torch.Tensor, bins: int = 50, exact_up_to: int = 1 << 20) -> Histogram:
+    """Bin ``|tensor|`` for a plot (never hand plotting code the raw weights).
+
+    Tensors larger than ``exact_up_to`` are sampled by blocks (every 16th block of 4096),
+    which draws the same picture at a fraction of the cost.
+    """
+    flat = tensor.detach().reshape(-1)
+    sampled = flat.numel() > exact_up_to
+    if sampled:
+        usable = flat[: flat.numel() // 4096 * 4096].view(-1, 4096)
+        flat = usable[::16].reshape(-1)
+    values = flat.abs().float().cpu()
+    nonzero = values[values > 0]
+    zeros = int(values.numel() - nonzero.numel())
+    if not nonzero.numel():
+        return Histogram(zeros, (), (), None, sampled)
+    low, high = float(nonzero.min()), float(nonzero.max())
+    edges = torch.logspace(math.log10(low * (1 - 1e-6)), math.log10(high * (1 + 1e-6)), bins + 1)
+    counts = torch.histogram(nonzero, edges).hist
+    return Histogram(zeros, tuple(int(c) for c in counts), tuple(float(e) for e in edges), low, sampled)
+
+
 def latency(model: nn.Module, example_input: object, budget: float = 0.25) -> float:
     """Median seconds of one forward pass of ``example_input`` (no grad), within about ``budget`` s."""
     args = example_input if isinstance(example_input, tuple) else (example_input,)
