@@ -27,11 +27,12 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import ExecutionInfo, InteractiveShell
 
 SUBCOMMANDS = {
-    "undo": "undo the last step applied to MODEL",
+    "undo": "undo the last step applied to MODEL (%prune undo MODEL N: the last N)",
     "reset": "undo every step: MODEL's weights as they were before prune_magic",
     "report": "per-layer table of MODEL (params, nonzero, sparsity, size)",
     "history": "the steps applied to MODEL, with their sparsity and undo memory",
     "sensitivity": "prune one layer at a time at several levels; curves, and a per-layer budget",
+    "explore": "one overall-sparsity slider spread over the layers by their sensitivity; Apply",
 }
 
 USAGE = "\n".join(
@@ -126,7 +127,7 @@ class PruneMagics(Magics):
 
         As a line magic::
 
-            %prune undo MODEL      undo the last step
+            %prune undo MODEL [N]  undo the last step (or the last N)
             %prune reset MODEL     back to the weights before any step
             %prune report MODEL    per-layer table
             %prune history MODEL   the steps applied so far
@@ -188,17 +189,25 @@ class PruneMagics(Magics):
                 f"unknown subcommand {command!r}{did_you_mean(command, SUBCOMMANDS)}"
                 f" (subcommands: {', '.join(SUBCOMMANDS)}; a %%prune cell prunes)"
             )
-        if command == "sensitivity":
-            self._sensitivity(" ".join(rest))
+        if command in ("sensitivity", "explore"):
+            self._sensitivity(" ".join(rest), explore=command == "explore")
             return
+        count = 1
+        if command == "undo" and len(rest) == 2 and rest[1].isdigit() and int(rest[1]) >= 1:
+            rest, count = rest[:1], int(rest[1])
         if len(rest) != 1:
-            raise UsageError(f"usage: %prune {command} MODEL")
+            raise UsageError(f"usage: %prune {command} MODEL" + (" [N]" if command == "undo" else ""))
         from . import engine
 
         model = self._model(rest[0])
         if command == "undo":
-            entry = engine.undo(model)
-            print(f"undid {entry.step!r}; {len(engine.history(model))} step(s) left")
+            if count > len(engine.history(model)) > 0:
+                raise UsageError(
+                    f"only {len(engine.history(model))} step(s) to undo; %prune reset {rest[0]} undoes all"
+                )
+            for _ in range(count):
+                entry = engine.undo(model)
+                print(f"undid {entry.step!r}; {len(engine.history(model))} step(s) left")
         elif command == "reset":
             undone = engine.reset(model)
             print(f"reset {rest[0]}: undid {len(undone)} step(s)")
@@ -207,8 +216,8 @@ class PruneMagics(Magics):
         else:
             display(engine.history(model))
 
-    def _sensitivity(self, line: str) -> None:
-        args = _SWEEP.parse_args(arg_split(line))
+    def _sensitivity(self, line: str, explore: bool = False) -> None:
+        args = _SWEEP.parse_args(arg_split(line, posix=True))
         from .engine.sensitivity import sensitivity
         from .widgets import SweepView
 
@@ -229,9 +238,18 @@ class PruneMagics(Magics):
             progress=lambda partial: live.show(view, partial),
         )  # fmt: skip
         view.result = result
-        live.done(view)
         if args.output:
             self.shell.user_ns[args.output] = result
+        if explore and getattr(self.shell, "kernel", None) is not None and result.complete:
+            from .widgets import ExploreView, Rerun
+
+            live.done(
+                ExploreView(
+                    result, args.model, Rerun(model, evaluate, example, data, f"explore:{args.model}")
+                )
+            )
+            return
+        live.done(view)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

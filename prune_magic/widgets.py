@@ -331,7 +331,7 @@ class Rerun:
     data: Any = None
     tag: str | None = None
 
-    def __call__(self, recipe: str) -> PruneResult:
+    def __call__(self, recipe: str, dry_run: bool = False) -> PruneResult:
         from . import engine
 
         return engine.prune(
@@ -341,7 +341,12 @@ class Rerun:
             example_input=self.example_input,
             tag=self.tag,
             data=self.data,
+            dry_run=dry_run,
         )
+
+    def dry_run(self, recipe: str) -> PruneResult:
+        """What ``recipe`` would do, measured, with the model left as it is."""
+        return self(recipe, dry_run=True)
 
 
 def _bounds(option: str, value: object) -> tuple[float, float, float] | None:
@@ -370,3 +375,121 @@ def _first_metric(result: PruneResult) -> float | None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class ExploreView:
+    """One overall-sparsity slider spread over the layers by their sensitivity.
+
+    Each layer's amount follows the global slider (sensitive layers get less) until its
+    own slider is moved, which pins it. The metric is first estimated from the sweep, then
+    measured by a dry run (the model does not change); Apply writes the per-layer recipe
+    into the model as one undoable call.
+    """
+
+    def __init__(self, sweep: Sensitivity, name: str, rerun: Rerun, charts: bool = True) -> None:
+        import ipywidgets as w
+
+        self.sweep, self.name, self.rerun, self.charts = sweep, name, rerun, charts
+        self.pinned: dict[str, float] = {}
+        self._quiet = False  # set while the global slider moves the layer sliders
+        self.overall = w.FloatSlider(
+            value=0.5, min=0.0, max=0.95, step=0.01, description="overall sparsity",
+            continuous_update=False, readout_format=".0%", style={"description_width": "initial"},
+        )  # fmt: skip
+        self.overall.add_class("prune-magic-overall")
+        self.layers = {
+            layer: w.FloatSlider(
+                min=0.0,
+                max=0.99,
+                step=0.01,
+                description=layer,
+                continuous_update=False,
+                readout_format=".0%",
+                style={"description_width": "initial"},
+            )
+            for layer in sweep.curves
+        }
+        self.estimate = w.HTML()
+        self.measured = w.HTML()
+        self.recipe_text = w.HTML()
+        self.apply_button = w.Button(description="Apply", icon="check")
+        self.status = w.HTML()
+        self.overall.observe(lambda _: self._spread(), "value")
+        for layer, slider in self.layers.items():
+            slider.observe(self._pin(layer), "value")
+        self.apply_button.on_click(lambda _: self._apply())
+        self.box = w.VBox(
+            [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
+             w.HBox([self.apply_button, self.status])]
+        )  # fmt: skip
+        self._spread()
+
+    def amounts(self) -> dict[str, float]:
+        return {layer: round(slider.value, 4) for layer, slider in self.layers.items()}
+
+    def recipe(self) -> str:
+        return "\n".join(f"clip amount={a:g} layers={layer}" for layer, a in self.amounts().items() if a > 0)
+
+    def _spread(self) -> None:
+        allocation = self.sweep.allocate(self.overall.value, self.pinned)
+        self._quiet = True
+        try:
+            for layer, amount in allocation.items():
+                self.layers[layer].value = amount
+        finally:
+            self._quiet = False
+        self._update()
+
+    def _pin(self, layer: str) -> Any:
+        def moved(change: dict[str, Any]) -> None:
+            if self._quiet:
+                return
+            self.pinned[layer] = float(change["new"])
+            self._update()
+
+        return moved
+
+    def _update(self) -> None:
+        amounts = self.amounts()
+        self.estimate.value = html.escape(
+            f"estimated {self.sweep.metric_name}: {self.sweep.estimate(amounts):.4g}"
+            f" (baseline {self.sweep.baseline:.4g}; the sum of single-layer losses)"
+        )
+        recipe = self.recipe()
+        self.recipe_text.value = f"<pre>{html.escape(recipe or '(nothing pruned)')}</pre>"
+        if not recipe:
+            self.measured.value = ""
+            return
+        self.status.value = "<i>measuring…</i>"
+        try:
+            result = self.rerun.dry_run(recipe)
+        except Exception as exc:
+            self.measured.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+            return
+        finally:
+            self.status.value = ""
+        metric = _first_metric(result)
+        after = result.after
+        facts = [f"measured {self.sweep.metric_name}: {metric:.4g}" if metric is not None else ""]
+        if after is not None:
+            facts.append(
+                f"{after.nonzero:,} of {after.params:,} params nonzero ({after.sparsity:.1%} sparse);"
+                f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
+            )
+        self.measured.value = html.escape("; ".join(f for f in facts if f))
+
+    def _apply(self) -> None:
+        try:
+            result = self.rerun(self.recipe())
+        except Exception as exc:
+            self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+            return
+        steps = len(result.steps)
+        self.status.value = html.escape(
+            f"applied as {steps} step(s); %prune undo {self.name} {steps} takes it back"
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle = SweepView(self.sweep, self.name, charts=self.charts)._repr_mimebundle_()
+        bundle.update(self.box._repr_mimebundle_(include=include, exclude=exclude))
+        return bundle

@@ -200,7 +200,7 @@ ERRORS = [
     ),
     ("%prune undo model", "nothing to undo: no prune_magic step has been applied to this model"),
     ("%prune und model", "unknown subcommand 'und'; did you mean 'undo'?"),
-    ("%prune undo", "usage: %prune undo MODEL"),
+    ("%prune undo", "usage: %prune undo MODEL [N]"),
 ]
 
 
@@ -233,7 +233,7 @@ def test_tab_completion_offers_models_and_subcommands(ip) -> None:
     assert completions(ip, "%%prune mo") == ["model"]
     assert completions(ip, "%%prune ") == ["model", "net2"]
     assert completions(ip, "%prune un") == ["undo"]
-    assert completions(ip, "%prune ") == ["history", "report", "reset", "sensitivity", "undo"]
+    assert completions(ip, "%prune ") == ["explore", "history", "report", "reset", "sensitivity", "undo"]
     assert completions(ip, "%prune undo ") == ["model", "net2"]
     assert "modest" in completions(ip, "print(mo")  # elsewhere IPython completes as usual
 
@@ -296,3 +296,18 @@ def test_a_sensitivity_sweep_shows_curves_and_a_budget_recipe(ip) -> None:
 )
 def test_sweep_errors_are_one_line(ip, line: str, message: str) -> None:
     assert fails(ip, line).startswith(message)
+
+
+def test_undo_takes_a_count(ip) -> None:
+    model = ip.user_ns["model"]
+    before = state(model)
+    run(ip, "%%prune model --quiet\nclip amount=0.5\nclip amount=0.7 layers=0\n")
+    out = run(ip, "%prune undo model 2")
+    assert out.stdout.count("undid") == 2 and same_bits(model, before)
+    run(ip, "%%prune model --quiet\nclip amount=0.5\n")
+    assert fails(ip, "%prune undo model 3") == "only 1 step(s) to undo; %prune reset model undoes all"
+
+
+def test_explore_outside_a_notebook_shows_the_sweep(ip) -> None:
+    out = run(ip, "%prune explore model --eval agreement --levels 0.5")
+    assert "as a recipe to paste" in out.outputs[-1].data["text/plain"]

@@ -109,3 +109,34 @@ def test_histograms_bin_every_weight_and_mark_the_cut(mlp) -> None:
     assert hist.smallest_kept == float(kept.min())
     big = histogram(torch.randn(2_000_000), exact_up_to=1 << 20)
     assert big.sampled and sum(big.counts) == -(-(2_000_000 // 4096) // 16) * 4096  # every 16th block of 4096
+
+
+def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp) -> None:
+    from prune_magic.widgets import ExploreView
+
+    x = torch.randn(128, 64)
+    y = mlp(x).argmax(1)
+
+    def agreement(model):
+        return float((model(x).argmax(1) == y).float().mean())
+
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
+    before = state(mlp)
+    view = ExploreView(sweep, "mlp", Rerun(mlp, agreement, tag="explore"))
+    view.overall.value = 0.6
+    amounts = view.amounts()
+    total = sum(sweep.sizes.values())
+    assert sum(a * sweep.sizes[layer] for layer, a in amounts.items()) == pytest.approx(0.6 * total, rel=0.02)
+    assert "estimated agreement" in view.estimate.value and "measured agreement" in view.measured.value
+    assert same_bits(mlp, before)  # measuring is a dry run
+    view.layers["out"].value = 0.0  # pin the output layer
+    assert view.pinned == {"out": 0.0} and "layers=out" not in view.recipe()
+    view.overall.value = 0.7
+    assert view.layers["out"].value == 0.0
+    view.apply_button.click()
+    steps = len(pm.history(mlp))
+    assert f"applied as {steps} step(s); %prune undo mlp {steps} takes it back" in view.status.value
+    assert sum(int((t.param == 0).sum()) for t in pm.select(mlp)) > 0.6 * total
+    for _ in range(steps):
+        pm.undo(mlp)
+    assert same_bits(mlp, before)

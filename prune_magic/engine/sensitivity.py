@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -63,6 +64,7 @@ class Sensitivity:
     seconds: float = 0.0
     evaluations: int = 0
     stopped: str = ""  # why the sweep ended early (Ctrl-C, an error); "" when complete
+    sizes: dict[str, int] = field(default_factory=dict)  # weights per layer
     _started: float = field(default=0.0, repr=False)
 
     @property
@@ -82,6 +84,68 @@ class Sensitivity:
                 best = level
             budget[layer] = best
         return budget
+
+    def drop(self, layer: str, amount: float) -> float:
+        """Estimated metric lost when only ``layer`` is pruned by ``amount`` (interpolated;
+        a layer whose sweep stopped early is assumed to lose everything past that point)."""
+        points = self._drops(layer)
+        for (l0, d0), (l1, d1) in pairwise(points):
+            if amount <= l1:
+                return d0 + (d1 - d0) * (amount - l0) / (l1 - l0) if l1 > l0 else d1
+        last_level, last_drop = points[-1]
+        return last_drop if amount <= last_level else max(last_drop, self.baseline)
+
+    def _drops(self, layer: str) -> list[tuple[float, float]]:
+        """(level, drop) from (0, 0), made non-decreasing, up to the last level measured."""
+        points, worst = [(0.0, 0.0)], 0.0
+        for level, metric in zip(self.levels, self.curves[layer], strict=True):
+            if metric is None:
+                break
+            worst = max(worst, self.baseline - metric)
+            points.append((level, worst))
+        return points
+
+    def _amount_for(self, layer: str, drop: float) -> float:
+        """The largest amount whose estimated drop for ``layer`` is at most ``drop``."""
+        points = self._drops(layer)
+        amount = 0.0
+        for (l0, d0), (l1, d1) in pairwise(points):
+            if d1 <= drop:
+                amount = l1
+                continue
+            if d0 <= drop:
+                amount = l0 + (l1 - l0) * (drop - d0) / (d1 - d0)
+            break
+        return amount
+
+    def allocate(self, target: float, pinned: dict[str, float] | None = None) -> dict[str, float]:
+        """Per-layer amounts that zero about ``target`` of all the layers' weights, giving
+        less to sensitive layers: every free layer is pruned up to the same estimated drop.
+        ``pinned`` layers keep the amounts given. Capped at the highest level measured."""
+        pinned = dict(pinned or {})
+        free = [layer for layer in self.curves if layer not in pinned]
+        total = sum(self.sizes.values()) or 1
+        need = target * total - sum(amount * self.sizes.get(layer, 0) for layer, amount in pinned.items())
+        worst = [self.baseline - m for c in self.curves.values() for m in c if m is not None]
+        low, high = 0.0, max([*worst, 0.0]) + 1e-9
+
+        def zeros(drop: float) -> float:
+            return sum(self._amount_for(layer, drop) * self.sizes.get(layer, 0) for layer in free)
+
+        if need > 0:
+            for _ in range(60):  # bisect on the common drop
+                middle = (low + high) / 2
+                low, high = (middle, high) if zeros(middle) < need else (low, middle)
+        drop = high if need > 0 else 0.0
+        return {layer: pinned.get(layer, round(self._amount_for(layer, drop), 4)) for layer in self.curves}
+
+    def estimate(self, amounts: dict[str, float]) -> float:
+        """The metric estimated for pruning several layers at once: the baseline minus the
+        sum of their single-layer drops (interactions are ignored: measure to be sure), never
+        below the worst metric the sweep saw (e.g. chance accuracy)."""
+        seen = [m for curve in self.curves.values() for m in curve if m is not None]
+        estimate = self.baseline - sum(self.drop(layer, amount) for layer, amount in amounts.items())
+        return max(estimate, min(seen, default=estimate))
 
     def recipe(self, tolerance: float = 0.01) -> str:
         """The budget as a recipe: one line per layer that can be pruned at all."""
@@ -171,6 +235,7 @@ def sensitivity(
 
     started = time.perf_counter()
     result = Sensitivity(step, levels, measure(model), {n: [None] * len(levels) for n in names})
+    result.sizes = {n: model.get_parameter(f"{n}.weight").numel() for n in names}
     result.metric_name, result.evaluations = metric_name(evaluate), 1
     limit = stop_below if stop_below is not None else result.baseline / 2
     try:

@@ -130,3 +130,34 @@ def test_budget_and_recipe() -> None:
     assert result.budget(0.01) == {"a": 0.6, "b": 0.0, "c": 0.3}
     assert result.recipe(0.01) == "clip amount=0.6 layers=a\nclip amount=0.3 layers=c"
     assert "stopped early" not in str(result)
+
+
+def explored() -> Sensitivity:
+    result = Sensitivity(
+        "clip", (0.5, 0.9), 1.0,
+        {"tough": [0.99, 0.98], "fragile": [0.8, 0.2]},
+        sizes={"tough": 300, "fragile": 100},
+    )  # fmt: skip
+    return result
+
+
+def test_allocation_gives_less_to_sensitive_layers_and_hits_the_target() -> None:
+    result = explored()
+    amounts = result.allocate(0.5)
+    assert amounts["tough"] > amounts["fragile"]
+    zeroed = amounts["tough"] * 300 + amounts["fragile"] * 100
+    assert zeroed == pytest.approx(0.5 * 400, rel=1e-3)
+    assert result.allocate(0.0) == {"tough": 0.0, "fragile": 0.0}
+    assert result.allocate(0.99) == {"tough": 0.9, "fragile": 0.9}  # capped at the highest level measured
+
+
+def test_pinned_layers_keep_their_amount() -> None:
+    amounts = explored().allocate(0.5, pinned={"fragile": 0.0})
+    assert amounts["fragile"] == 0.0
+    assert amounts["tough"] == pytest.approx(200 / 300, abs=1e-3)
+
+
+def test_estimates_add_single_layer_drops() -> None:
+    result = explored()
+    assert result.drop("tough", 0.25) == pytest.approx(0.005)
+    assert result.estimate({"tough": 0.5, "fragile": 0.5}) == pytest.approx(1.0 - 0.01 - 0.2)
