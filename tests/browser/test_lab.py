@@ -24,6 +24,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium")
 REQUIRED = os.environ.get("PRUNE_MAGIC_BROWSER") == "required"
+ARTIFACTS = Path(__file__).parent / "artifacts"  # git-ignored
 
 pytestmark = [
     pytest.mark.slow,
@@ -106,7 +107,7 @@ def lab(tmp_path_factory):
 def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    url, token, root = lab
+    url, token, _ = lab
     expect.set_options(timeout=60_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -162,6 +163,7 @@ def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
         expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.8 scope=global")
         page.keyboard.press("Shift+Enter")  # the check cell is selected now
         expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.79")
-        page.screenshot(path=str(root / "lab.png"), full_page=True)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)  # kept for a person to look at
         browser.close()
     assert not errors, errors
