@@ -389,7 +389,7 @@ class _LiveDisplay:
         self.kernel = "ipykernel" in sys.modules and getattr(get_ipython(), "kernel", None) is not None
 
     def show(self, view: Any, partial: Any) -> None:
-        view.result = partial
+        view.result, view.running = partial, True
         points = sum(m is not None for ms in partial.curves.values() for m in ms)
         total = len(partial.curves) * len(partial.levels)
         if not self.kernel:
@@ -406,6 +406,7 @@ class _LiveDisplay:
             self.handle.update(view)
 
     def done(self, view: Any) -> None:
+        view.running = False
         if not self.kernel:
             print()
             display(view)

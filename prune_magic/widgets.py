@@ -140,6 +140,14 @@ class SweepView:
     name: str
     tolerance: float = 0.01
     charts: bool = True
+    running: bool = False  # a sweep still in progress: show how far it got
+
+    def progress(self) -> tuple[int, int]:
+        """(points measured, points in the sweep)."""
+        curves = self.result.curves.values()
+        return sum(m is not None for c in curves for m in c), len(self.result.curves) * len(
+            self.result.levels
+        )
 
     def _budget(self) -> str:
         recipe = self.result.recipe(self.tolerance)
@@ -164,6 +172,11 @@ class SweepView:
             data = base64.b64encode(image).decode()
             bundle["image/png"] = data
             parts.append(f"<img alt='sensitivity per layer' src='data:image/png;base64,{data}'/>")
+        if self.running:
+            done, total = self.progress()
+            parts.insert(
+                0, f"<p><progress value='{done}' max='{total}'></progress> {done}/{total} points</p>"
+            )
         parts.append(self.result._repr_html_())
         parts.append(
             f"<p>Per-layer budget (highest level within {self.tolerance:g} of the baseline), as a recipe:</p>"

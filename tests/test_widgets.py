@@ -140,3 +140,14 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
     for _ in range(steps):
         pm.undo(mlp)
     assert same_bits(mlp, before)
+
+
+def test_a_running_sweep_shows_a_progress_bar() -> None:
+    from prune_magic.engine.sensitivity import Sensitivity
+    from prune_magic.widgets import SweepView
+
+    partial = Sensitivity("clip", (0.5, 0.9), 1.0, {"a": [0.9, None], "b": [None, None]})
+    view = SweepView(partial, "m", running=True, charts=False)
+    assert "<progress value='1' max='4'></progress> 1/4 points" in view._repr_mimebundle_()["text/html"]
+    view.running = False
+    assert "<progress" not in view._repr_mimebundle_()["text/html"]
