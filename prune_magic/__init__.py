@@ -35,6 +35,7 @@ _ENGINE_NAMES = frozenset(
         "forget",
         "history",
         "keep_masks",
+        "changed_outside",
         "sensitivity",
         "Sensitivity",
         "load",

@@ -151,3 +151,11 @@ def test_a_running_sweep_shows_a_progress_bar() -> None:
     assert "<progress value='1' max='4'></progress> 1/4 points" in view._repr_mimebundle_()["text/html"]
     view.running = False
     assert "<progress" not in view._repr_mimebundle_()["text/html"]
+
+
+def test_a_slider_move_evaluates_once(dashboard) -> None:
+    board, _, calls = dashboard
+    before = calls["n"]
+    board.sliders[0, "amount"].value = 0.8
+    assert calls["n"] == before + 1  # the start state's metric is reused
+    assert board.view.result.metric_before == 1.0

@@ -6,7 +6,7 @@ Everything a ``%%prune`` cell does, a script can do with these functions.
 from __future__ import annotations
 
 from .errors import HistoryError, PruneError, RecipeError, SelectionError
-from .history import Entry, History, forget, history, reset, undo
+from .history import Entry, History, changed_outside, forget, history, reset, undo
 from .masks import Masks, keep_masks
 from .prune import EvaluationError, PruneResult, StepResult, prune
 from .recipe import Recipe, Step, parse_recipe
@@ -35,6 +35,7 @@ __all__ = [
     "Step",
     "StepResult",
     "Target",
+    "changed_outside",
     "count_macs",
     "forget",
     "history",

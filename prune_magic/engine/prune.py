@@ -133,6 +133,7 @@ def prune(
     report: bool = True,
     tag: str | None = None,
     data: object = None,
+    baseline: Metric | None = None,
 ) -> PruneResult:
     """Apply ``recipe`` to ``model`` in place and say what changed.
 
@@ -152,6 +153,8 @@ def prune(
         report: measure per-tensor sparsity, MACs and (for structured steps) latency before and
             after (``False`` skips those passes).
         data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``).
+        baseline: the metric before, when it is already known (a re-run from the same start
+            state, say): ``evaluate`` then runs only after the recipe.
         tag: label the steps (a notebook cell's id, say). If the model's last steps carry
             the same tag and nothing else changed it since, they are undone first, so
             running the same cell twice does not compound.
@@ -169,7 +172,9 @@ def prune(
     done: list[Entry] = []
     results = []
     try:
-        metric_before = _evaluate(evaluate, model)
+        metric_before = (
+            baseline if baseline is not None and evaluate is not None else _evaluate(evaluate, model)
+        )
         before = _measure(model, example_input) if report else None
         timed = report and structured and example_input is not None
         latency_before = latency(model, example_input) if timed else None
