@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -13,42 +14,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .engine import *  # noqa: F403
 
-_ENGINE_NAMES = frozenset(
-    {
-        "SPARSE_FORMAT",
-        "Entry",
-        "EvaluationError",
-        "History",
-        "HistoryError",
-        "Masks",
-        "PruneError",
-        "PruneResult",
-        "Recipe",
-        "RecipeError",
-        "Report",
-        "Row",
-        "SelectionError",
-        "Step",
-        "StepResult",
-        "Target",
-        "count_macs",
-        "forget",
-        "history",
-        "keep_masks",
-        "changed_outside",
-        "sensitivity",
-        "Sensitivity",
-        "load",
-        "save",
-        "Removal",
-        "parse_recipe",
-        "prune",
-        "report",
-        "reset",
-        "select",
-        "undo",
-    }
-)
+_SUBMODULES = frozenset({"engine", "magics", "plots", "widgets"})
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -66,12 +32,18 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ENGINE_NAMES:
-        from . import engine
+    if name.startswith("__"):  # module machinery probes these: never import torch for them
+        raise AttributeError(f"module 'prune_magic' has no attribute {name!r}")
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    from . import engine
 
+    if name in engine.__all__:
         return getattr(engine, name)
     raise AttributeError(f"module 'prune_magic' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_ENGINE_NAMES])
+    from . import engine
+
+    return sorted([*globals(), *engine.__all__])
