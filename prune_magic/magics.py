@@ -131,6 +131,10 @@ class PruneMagics(Magics):
             %prune reset MODEL     back to the weights before any step
             %prune report MODEL    per-layer table
             %prune history MODEL   the steps applied so far
+            %prune sensitivity MODEL --eval FN [--levels 0.1,0.3,0.5,0.7,0.9] [--step clip|structured]
+                                   one layer at a time: curves and a per-layer budget recipe
+            %prune explore MODEL --eval FN
+                                   an overall-sparsity slider spread by sensitivity; Apply
         """
         with self._errors():
             if cell is None:
