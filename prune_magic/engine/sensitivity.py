@@ -407,9 +407,11 @@ class _Prefix:
         forward = type(module).forward
 
         def replay(*args: Any, **kwargs: Any) -> Any:
+            if self.target_seen or not self.valid:  # a call after the layer (a reused ReLU, say) runs for real
+                return forward(module, *args, **kwargs)
             i = self.position.get(module, 0)
             self.position[module] = i + 1
-            if not self.valid or i >= len(self.outputs[module]):
+            if i >= len(self.outputs[module]):
                 return forward(module, *args, **kwargs)
             return _copy(self.outputs[module][i])
 

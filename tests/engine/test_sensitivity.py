@@ -161,3 +161,27 @@ def test_estimates_add_single_layer_drops() -> None:
     result = explored()
     assert result.drop("tough", 0.25) == pytest.approx(0.005)
     assert result.estimate({"tough": 0.5, "fragile": 0.5}) == pytest.approx(1.0 - 0.01 - 0.2)
+
+
+class Reuse(nn.Module):
+    """One ReLU and one pool module, each called before and after the swept layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 2 * 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+def test_modules_called_before_and_after_the_layer_are_replayed_only_before() -> None:
+    model, accuracy = setup(Reuse, (96, 1, 8, 8))
+    result = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    assert result.complete, result.stopped
+    assert result.curves == reference(model, accuracy, result.curves)
