@@ -407,7 +407,9 @@ class _Prefix:
         forward = type(module).forward
 
         def replay(*args: Any, **kwargs: Any) -> Any:
-            if self.target_seen or not self.valid:  # a call after the layer (a reused ReLU, say) runs for real
+            if (
+                self.target_seen or not self.valid
+            ):  # a call after the layer (a reused ReLU, say) runs for real
                 return forward(module, *args, **kwargs)
             i = self.position.get(module, 0)
             self.position[module] = i + 1
