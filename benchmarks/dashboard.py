@@ -24,7 +24,7 @@ from typing import Any
 from unittest import mock
 
 import torch
-from common import footer, header
+from common import footer, header, timing
 from sklearn.datasets import load_digits
 from structured import BasicBlock, ResNet
 from torch import nn
@@ -68,23 +68,12 @@ def resnet18() -> tuple[nn.Module, Callable[[nn.Module], float]]:
     return model, agreement
 
 
-def timed_parts() -> tuple[dict[str, float], Any]:
-    """Wrap the pieces of an update in timers (no behaviour change)."""
+def timed_parts() -> tuple[dict[str, float], list[Any]]:
+    """Patches that time the pieces of an update."""
     spent: dict[str, float] = {}
-
-    def wrap(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
-
-        return inner
-
     patches = [
-        mock.patch.object(pm.engine, "prune", wrap("prune + eval (engine.prune)", pm.engine.prune)),
-        mock.patch.object(plots, "png", wrap("PNG rendering (plots.png)", plots.png)),
+        mock.patch.object(pm.engine, "prune", timing(spent, "prune + eval (engine.prune)", pm.engine.prune)),
+        mock.patch.object(plots, "png", timing(spent, "PNG rendering (plots.png)", plots.png)),
     ]
     return spent, patches
 

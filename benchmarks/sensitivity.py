@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 from common import footer, header
+from structured import BasicBlock, ResNet
 from torch import nn
 
 import prune_magic as pm
@@ -83,51 +84,6 @@ class SmallCNN(nn.Module):
         x = self.pool2(self.relu2(self.bn2(self.conv2(x))))  # 7x7
         x = self.relu3(self.bn3(self.conv3(x)))
         return self.fc(torch.flatten(x, 1))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)  # called twice per block, as in torchvision
-        self.downsample = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class ResNet18(nn.Module):
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes, stages = 64, []
-        for i, planes in enumerate((64, 128, 256, 512)):
-            blocks = []
-            for j in range(2):
-                blocks.append(BasicBlock(inplanes, planes, 2 if i > 0 and j == 0 else 1))
-                inplanes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 @torch.no_grad()
@@ -543,7 +499,7 @@ def main() -> None:
     )
 
     torch.manual_seed(0)
-    resnet = ResNet18()
+    resnet = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=10)
     x = torch.randn(SAMPLES, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
     bench(
         "ResNet-18: BasicBlock [2, 2, 2, 2], widths 64-128-256-512, fc 512->10",

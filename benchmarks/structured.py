@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 import torch_pruning as tp
-from common import footer, header
+from common import footer, header, timing
 from torch import nn
 
 import prune_magic as pm
@@ -208,19 +208,9 @@ def phase_timers() -> Iterator[dict[str, float]]:
         (pm_structured, "check_forward", "forward of the pruned model (check_forward)"),
     ]
 
-    def wrap(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
-
-        return inner
-
     with contextlib.ExitStack() as stack:
         for module, attr, label in targets:
-            stack.enter_context(mock.patch.object(module, attr, wrap(label, getattr(module, attr))))
+            stack.enter_context(mock.patch.object(module, attr, timing(spent, label, getattr(module, attr))))
         yield spent
 
 
