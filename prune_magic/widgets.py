@@ -92,12 +92,16 @@ class PruneView:
             lines += ["", str(self.result.after)]
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
+    def summary_html(self) -> str:
+        """The summary as an HTML table."""
         rows = "".join(
             f"<tr><th style='text-align:right'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
             for k, v in self.summary()
         )
-        parts = [f"<table class='prune-magic-summary'>{rows}</table>"]
+        return f"<table class='prune-magic-summary'>{rows}</table>"
+
+    def _repr_html_(self) -> str:
+        parts = [self.summary_html()]
         image = self.png()
         if image is not None:
             data = base64.b64encode(image).decode()
@@ -302,11 +306,7 @@ class PruneDashboard:
 
     def _show(self, result: PruneResult) -> None:
         self.view = PruneView(result, self.name, self.charts)
-        rows = "".join(
-            f"<tr><th style='text-align:right'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
-            for k, v in self.view.summary()
-        )
-        self.summary.value = f"<table class='prune-magic-summary'>{rows}</table>"
+        self.summary.value = self.view.summary_html()
         self.line.value = f"<code>{html.escape(str(result.recipe))}</code> reproduces this model"
         image = self.view.png()
         if image is not None:
