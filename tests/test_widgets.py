@@ -159,3 +159,15 @@ def test_a_slider_move_evaluates_once(dashboard) -> None:
     board.sliders[0, "amount"].value = 0.8
     assert calls["n"] == before + 1  # the start state's metric is reused
     assert board.view.result.metric_before == 1.0
+
+
+def test_a_structured_recipe_gets_a_slider_that_reshapes_the_model(cnn) -> None:
+    x = torch.randn(4, 1, 8, 8)
+    rerun = Rerun(cnn, example_input=x, tag="s")
+    board = PruneDashboard(rerun("structured amount=0.5"), "cnn", rerun)
+    assert cnn.features[0].out_channels == 4
+    board.sliders[0, "amount"].value = 0.25
+    assert cnn.features[0].out_channels == 6 and len(pm.history(cnn)) == 1
+    assert "alt='width per layer'" in board.view._repr_html_()
+    board.reset_button.click()
+    assert cnn.features[0].out_channels == 8
