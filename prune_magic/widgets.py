@@ -329,9 +329,7 @@ class PruneDashboard:
         self.histogram.value = plots.png(figure)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle = self.view._repr_mimebundle_()  # for static viewers: text, HTML, PNG
-        bundle.update(self.box._repr_mimebundle_(include=include, exclude=exclude))
-        return bundle
+        return _with_widget(self.view._repr_mimebundle_(), self.box)
 
 
 @dataclass
@@ -514,6 +512,12 @@ class ExploreView:
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle = SweepView(self.sweep, self.name, charts=self.charts)._repr_mimebundle_()
-        bundle.update(self.box._repr_mimebundle_(include=include, exclude=exclude))
-        return bundle
+        return _with_widget(
+            SweepView(self.sweep, self.name, charts=self.charts)._repr_mimebundle_(), self.box
+        )
+
+
+def _with_widget(static: dict[str, Any], box: Any) -> dict[str, Any]:
+    """The static bundle (text, HTML, PNG for viewers without widgets) plus the widget view."""
+    view = box._repr_mimebundle_()
+    return {**static, **{k: v for k, v in view.items() if k != "text/plain"}}

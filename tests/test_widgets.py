@@ -171,3 +171,9 @@ def test_a_structured_recipe_gets_a_slider_that_reshapes_the_model(cnn) -> None:
     assert "alt='width per layer'" in board.view._repr_html_()
     board.reset_button.click()
     assert cnn.features[0].out_channels == 8
+
+
+def test_the_plain_text_of_a_dashboard_is_the_summary_not_the_widget_repr(dashboard) -> None:
+    board, _, _ = dashboard
+    text = board._repr_mimebundle_()["text/plain"]
+    assert "sparsity" in text and "VBox" not in text
