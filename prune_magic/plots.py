@@ -87,7 +87,7 @@ def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
     """One line per layer: the metric after pruning only that layer, against the level."""
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
-    ax.set_prop_cycle(color=colormaps["tab20"].colors)
+    ax.set_prop_cycle(color=colormaps["tab10" if len(result.curves) <= 10 else "tab20"].colors)
     levels = [100 * v for v in result.levels]
     for layer, metrics in result.curves.items():
         points = [(x, m) for x, m in zip(levels, metrics, strict=True) if m is not None]
