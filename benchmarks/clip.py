@@ -26,7 +26,6 @@ import ctypes
 import gc
 import itertools
 import re
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 import torch.nn.utils.prune as tprune
-from common import footer, header
+from common import arguments, footer, header, interleaved
 from torch import nn
 
 import prune_magic as pm
@@ -234,13 +233,7 @@ def forward_times(models: dict[str, nn.Module], batch: int, budget: float) -> di
         m(x)
         one = max(one, time.perf_counter() - start)
     runs = int(min(201, max(7, budget / (len(models) * max(one, 1e-6)))))
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(runs):
-        for name, m in models.items():
-            start = time.perf_counter()
-            m(x)
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved(models, x, runs)
 
 
 # ---------------------------------------------------------------------------- report
@@ -541,10 +534,8 @@ def warm_up() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__, repeat=3)
     parser.add_argument("--sizes", default="1M,25M,100M", help="comma-separated sizes (K/M/G suffixes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best time is kept")
     parser.add_argument(
         "--slow",
         type=float,

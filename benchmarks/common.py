@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -62,3 +64,22 @@ def timing(spent: dict[str, float], label: str, fn: Callable[..., Any]) -> Calla
             spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
 
     return inner
+
+
+def arguments(doc: str | None, repeat: int, what: str = "runs per measurement") -> argparse.ArgumentParser:
+    """A parser with the options every benchmark takes: --threads and --repeat."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--repeat", type=int, default=repeat, help=f"{what}; the best time is kept")
+    return parser
+
+
+def interleaved(models: dict[str, Callable[[Any], Any]], x: Any, runs: int) -> dict[str, float]:
+    """Median seconds of ``model(x)`` for each model, the models taking turns (so load hits all alike)."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(runs):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(x)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -27,13 +27,11 @@ Torch threads are set from ``--threads`` here (the library never sets them).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import gc
 import importlib
 import importlib.metadata
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 import torch_pruning as tp
-from common import footer, header, timing
+from common import arguments, footer, header, interleaved, timing
 from torch import nn
 
 import prune_magic as pm
@@ -188,13 +186,7 @@ def latencies(models: dict[str, nn.Module], x: torch.Tensor, budget: float, leas
         m(x)
         one += time.perf_counter() - start
     runs = int(min(101, max(least, budget / max(one, 1e-6))))
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(runs):
-        for name, m in models.items():
-            start = time.perf_counter()
-            m(x)
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}, runs
+    return interleaved(models, x, runs), runs
 
 
 @contextlib.contextmanager
@@ -421,9 +413,7 @@ def bench(name: str, size: int, repeat: int, budget: float) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="prune runs per method; the best time is kept")
+    parser = arguments(__doc__, repeat=3, what="prune runs per method")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     parser.add_argument(
         "--budget",
