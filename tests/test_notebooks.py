@@ -1,4 +1,4 @@
-"""Every notebook in notebooks/ runs top to bottom in a fresh kernel, with no error output."""
+"""Every tutorial and every exercise solution runs top to bottom in a fresh kernel, with no error."""
 
 from __future__ import annotations
 
@@ -8,30 +8,71 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").rglob("*.ipynb"))
+ROOT = Path(__file__).parents[1] / "notebooks"
+ALL = sorted(ROOT.rglob("*.ipynb"))
+TUTORIALS = sorted(ROOT.glob("*.ipynb"))
+STUDENT = sorted((ROOT / "exercises").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "exercises" / "solutions").glob("*.ipynb"))
 
 
-def test_there_is_a_quickstart() -> None:
-    assert any(p.name == "01-quickstart.ipynb" for p in NOTEBOOKS)
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_there_is_a_quickstart_and_four_exercises() -> None:
+    assert any(p.name == "01-quickstart.ipynb" for p in TUTORIALS)
+    assert len(SOLUTIONS) >= 4
+    assert [p.name for p in STUDENT] == [p.name for p in SOLUTIONS]
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(ROOT)))
 def test_notebooks_are_stored_without_outputs(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
+    nb = read(path)
     stale = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
     assert not stale, f"{path.name}: cells {stale} carry outputs; clear them before committing"
 
 
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_tutorials_state_their_goal_and_run_time(path: Path) -> None:
+    first = read(path).cells[0].source
+    assert "**Goal:**" in first and "**Run time:**" in first
+
+
+@pytest.mark.parametrize("student", STUDENT, ids=lambda p: p.name)
+def test_student_versions_carry_the_solutions_checks_and_no_answers(student: Path) -> None:
+    solution = read(ROOT / "exercises" / "solutions" / student.name)
+    mine = read(student)
+
+    def checks(nb: nbformat.NotebookNode) -> list[str]:
+        return [c.source for c in nb.cells if "check" in c.metadata.get("tags", [])]
+
+    assert checks(mine) == checks(solution) and checks(mine)
+    answers = [c.source for c in mine.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    assert answers and all("# YOUR CODE HERE" in a and "BEGIN SOLUTION" not in a for a in answers)
+    assert [c.metadata["nbgrader"]["grade_id"] for c in mine.cells] == [
+        c.metadata["nbgrader"]["grade_id"] for c in solution.cells
+    ]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", TUTORIALS + SOLUTIONS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_notebook_runs_without_errors(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
+    nb = read(path)
     NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    images = [
-        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})
-    ]
-    assert images, "the notebook should draw at least one figure"
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if path in SOLUTIONS:  # every check passes
+        verdicts = [
+            o.text
+            for c in nb.cells
+            if "check" in c.metadata.get("tags", [])
+            for o in c.outputs
+            if "text" in o
+        ]
+        assert verdicts and all(v.startswith("✓") for v in verdicts), verdicts
+    else:
+        assert any("image/png" in o.get("data", {}) for o in outputs), (
+            "a tutorial should draw at least one figure"
+        )
