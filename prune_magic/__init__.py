@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .engine import *  # noqa: F403
 
-_SUBMODULES = frozenset({"engine", "magics", "plots", "widgets"})
+_SUBMODULES = frozenset({"checks", "engine", "magics", "plots", "widgets"})
 
 
 def load_ipython_extension(ipython: Any) -> None:
