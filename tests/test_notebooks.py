@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nbformat
@@ -54,13 +55,23 @@ def test_student_versions_carry_the_solutions_checks_and_no_answers(student: Pat
     ]
 
 
+MINUTES, GIB = 2, 1  # Binder-sized budgets: each notebook runs in under 2 minutes and 1 GB
+PEAK = "import resource\nprint('peak-rss-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", TUTORIALS + SOLUTIONS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_notebook_runs_without_errors(path: Path) -> None:
     nb = read(path)
+    nb.cells.append(nbformat.v4.new_code_cell(PEAK))  # the kernel's own peak memory, read last
+    started = time.perf_counter()
     NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
+    seconds = time.perf_counter() - started
+    peak = int(nb.cells.pop().outputs[0]["text"].split()[1]) * 1024
+    print(f"{path.relative_to(ROOT)}: {seconds:.0f} s, peak {peak / 2**20:.0f} MiB")  # shown by pytest -s
+    assert seconds < 60 * MINUTES and peak < GIB * 2**30
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     if path in SOLUTIONS:  # every check passes
