@@ -341,18 +341,11 @@ class Rerun:
     example_input: Any = None
     data: Any = None
     tag: str | None = None
-    _baseline: Any = field(default=None, repr=False)
 
     def __call__(self, recipe: str, dry_run: bool = False) -> PruneResult:
         from . import engine
 
-        history = engine.history(self.model)
-        rerun = (
-            bool(history.entries)
-            and history.entries[-1].tag == self.tag
-            and not engine.changed_outside(self.model)
-        )
-        result = engine.prune(
+        return engine.prune(
             self.model,
             recipe,
             evaluate=self.evaluate,
@@ -360,11 +353,7 @@ class Rerun:
             tag=self.tag,
             data=self.data,
             dry_run=dry_run,
-            # from the same start state as last time: its metric is known already
-            baseline=self._baseline if rerun else None,
         )
-        self._baseline = result.metric_before
-        return result
 
     def dry_run(self, recipe: str) -> PruneResult:
         """What ``recipe`` would do, measured, with the model left as it is."""

@@ -34,6 +34,7 @@ class Entry:
     seconds: float
     undoable: bool = True
     tag: str | None = None  # who applied it, e.g. a notebook cell
+    start_metric: Any = None  # (weakref to the eval function, its metric before the call), for re-runs
 
     @property
     def undo_bytes(self) -> int:

@@ -15,7 +15,9 @@ import html
 import math
 import numbers
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +135,6 @@ def prune(
     report: bool = True,
     tag: str | None = None,
     data: object = None,
-    baseline: Metric | None = None,
 ) -> PruneResult:
     """Apply ``recipe`` to ``model`` in place and say what changed.
 
@@ -153,8 +154,6 @@ def prune(
         report: measure per-tensor sparsity, MACs and (for structured steps) latency before and
             after (``False`` skips those passes).
         data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``).
-        baseline: the metric before, when it is already known (a re-run from the same start
-            state, say): ``evaluate`` then runs only after the recipe.
         tag: label the steps (a notebook cell's id, say). If the model's last steps carry
             the same tag and nothing else changed it since, they are undone first, so
             running the same cell twice does not compound.
@@ -172,9 +171,8 @@ def prune(
     done: list[Entry] = []
     results = []
     try:
-        metric_before = (
-            baseline if baseline is not None and evaluate is not None else _evaluate(evaluate, model)
-        )
+        # a re-run starts from the state its previous run started from: reuse that metric
+        metric_before = _known_start(rewound, evaluate) or _evaluate(evaluate, model)
         before = _measure(model, example_input) if report else None
         timed = report and structured and example_input is not None
         latency_before = latency(model, example_input) if timed else None
@@ -189,8 +187,9 @@ def prune(
     if dry_run:
         _rollback(model, done, rewound)
     else:
+        start = _remember(evaluate, metric_before)
         for entry in done:
-            entry.tag = tag
+            entry.tag, entry.start_metric = tag, start
             commit(model, entry)
     return PruneResult(
         parsed,
@@ -209,6 +208,21 @@ def prune(
     )
 
 
+def _remember(evaluate: Evaluate | None, metric: Metric | None) -> tuple[Any, Metric] | None:
+    """(a weak reference to ``evaluate``, the metric it gave before the steps), or None."""
+    if evaluate is None or metric is None:
+        return None
+    try:
+        return weakref.ref(evaluate), metric
+    except TypeError:  # an object that takes no weak references: nothing is remembered
+        return None
+
+
+def _known_start(rewound: list[Entry], evaluate: Evaluate | None) -> Metric | None:
+    start = rewound[0].start_metric if rewound else None
+    return start[1] if start is not None and evaluate is not None and start[0]() is evaluate else None
+
+
 def _select(model: nn.Module, step: Step) -> list[Target]:
     layers, exclude = step.options.get("layers"), step.options.get("exclude")
     try:
@@ -223,29 +237,42 @@ def _apply(
     """Apply one step; its entry joins ``done`` before it starts, so a failure half-way rolls back."""
     started = time.perf_counter()
     targets = _select(model, step)  # again: an earlier structured step may have replaced tensors
-    removals: tuple[Removal, ...] = ()
-    zeros = None
-    if step.kind == "structured":  # always recorded: the record is only references to old tensors
-        entry = Entry(str(step), [], math.nan, 0.0)
-        done.append(entry)
-        removals = tuple(apply_structured(model, step, targets, example_input, entry.records, data))
+    # structured steps always keep their record (references to the old tensors): a failed
+    # forward check must be able to roll back; without a clip record, don't stop half-way
+    recorded = keep or step.kind == "structured"
+    entry = Entry(str(step), [], math.nan, 0.0, undoable=recorded)
+    done.append(entry)
+    with nullcontext() if recorded else deferred_interrupt():
+        zeros, removals = apply_step(
+            model, step, targets, entry.records if recorded else None, example_input, data
+        )
+    if removals:
         targets = _select(model, step)
-        if not keep:
-            entry.records, entry.undoable = [], False
-    elif keep:
-        entry = Entry(str(step), [], math.nan, 0.0)
-        done.append(entry)
-        zeros = apply_clip(step, targets, entry.records)  # type: ignore[arg-type]
-    else:
-        entry = Entry(str(step), [], math.nan, 0.0, undoable=False)
-        done.append(entry)
-        with deferred_interrupt():  # no record to roll back with: don't stop half-way
-            zeros = apply_clip(step, targets, None)
+    if not keep:
+        entry.records, entry.undoable = [], False
     entry.sparsity = _sparsity(targets, zeros)
     entry.seconds = time.perf_counter() - started
     changed = sum(r.changed for r in entry.records) if entry.undoable else None
     names = tuple(t.name for t in targets)
     return StepResult(step, names, entry.sparsity, entry.seconds, changed, removals)
+
+
+def apply_step(
+    model: nn.Module,
+    step: Step,
+    targets: list[Target],
+    records: list[Any] | None,
+    example_input: object = None,
+    data: object = None,
+) -> tuple[int | None, tuple[Removal, ...]]:
+    """Apply one parsed step to ``targets``, recording what changes in ``records``.
+
+    Returns the zeros among the targets when known without a pass (clip amount steps) and
+    the channels removed (structured steps).
+    """
+    if step.kind == "structured":
+        return None, tuple(apply_structured(model, step, targets, example_input, records, data))
+    return apply_clip(step, targets, records), ()
 
 
 def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> None:

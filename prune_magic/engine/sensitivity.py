@@ -40,14 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .clip import apply_clip
 from .errors import PruneError
 from .history import sync_versions
-from .prune import as_metric, metric_name
+from .prune import apply_step, as_metric, metric_name
 from .recipe import Step, parse_step
 from .selection import select
 from .snapshot import Record, restore_all
-from .structured import apply_structured
 
 Progress = Callable[["Sensitivity"], None]
 
@@ -288,11 +286,7 @@ def _sweep_in_place(
 
 
 def _apply(model: nn.Module, step: Step, records: list[Record], example_input: object, data: object) -> None:
-    targets = select(model, step.options.get("layers"))  # type: ignore[arg-type]
-    if step.kind == "clip":
-        apply_clip(step, targets, records)  # type: ignore[arg-type]
-    else:
-        apply_structured(model, step, targets, example_input, records, data)
+    apply_step(model, step, select(model, step.options.get("layers")), records, example_input, data)  # type: ignore[arg-type]
 
 
 def _point(

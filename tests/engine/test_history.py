@@ -188,3 +188,18 @@ def test_a_rerun_after_training_builds_on_the_trained_weights(mlp) -> None:
     assert "changed outside prune_magic" in result.note
     pm.undo(mlp)
     assert same_bits(mlp, trained)
+
+
+def test_a_rerun_reuses_the_start_metric_of_the_same_eval_function(mlp) -> None:
+    calls = []
+
+    def evaluate(model):
+        calls.append(1)
+        return 0.5
+
+    first = pm.prune(mlp, "clip amount=0.5", evaluate=evaluate, tag="cell-1")
+    assert len(calls) == 2  # before and after
+    again = pm.prune(mlp, "clip amount=0.7", evaluate=evaluate, tag="cell-1")
+    assert len(calls) == 3 and again.metric_before == first.metric_before  # only after
+    pm.prune(mlp, "clip amount=0.6", evaluate=lambda m: 0.25, tag="cell-1")  # another function: measured
+    assert pm.history(mlp).entries[-1].start_metric[1] == 0.25
