@@ -10,6 +10,7 @@ objects and the module's plain attributes (:class:`ModuleRecord`).
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 from collections.abc import Iterator
@@ -132,8 +133,38 @@ class ModuleRecord:
             self.park()
 
 
+@dataclass
+class ChildRecord:
+    """A submodule that a step replaced by another (``quantize int8`` with torch.ao), kept whole."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.module.parameters(), *self.module.buffers()))
+
+    @property
+    def changed(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def restore(self, model: nn.Module, swap: bool = False) -> None:
+        """Put the kept submodule back in its place (keeping the one it replaces with ``swap``)."""
+        parent, _, child = self.name.rpartition(".")
+        owner = model.get_submodule(parent)
+        current = getattr(owner, child)
+        setattr(owner, child, self.module)
+        if swap:
+            self.module = current
+
+    def restore_copy(self, model: nn.Module) -> None:
+        """Put a copy of the kept submodule in its place: the record stays as it is."""
+        parent, _, child = self.name.rpartition(".")
+        setattr(model.get_submodule(parent), child, copy.deepcopy(self.module))
+
+
 _PLAIN = (int, float, bool, str, tuple, type(None))
-Record = TensorRecord | ModuleRecord
+Record = TensorRecord | ModuleRecord | ChildRecord
 
 
 def restore_all(model: nn.Module, records: list[Record], swap: bool = False) -> None:
@@ -156,6 +187,8 @@ def redo_all(model: nn.Module, records: list[Record]) -> None:
 def _restore(model: nn.Module, record: Record, swap: bool) -> None:
     if isinstance(record, ModuleRecord):
         record.restore(model.get_submodule(record.name), swap)
+    elif isinstance(record, ChildRecord):
+        record.restore(model, swap)
     else:
         record.restore(tensors_by_name(model)[record.name], swap)
 
