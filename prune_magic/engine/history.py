@@ -35,6 +35,7 @@ class Entry:
     undoable: bool = True
     tag: str | None = None  # who applied it, e.g. a notebook cell
     start_metric: Any = None  # (weakref to the eval function, its metric before the call), for re-runs
+    clipped: tuple[str, ...] = ()  # parameters a clip step zeroed weights of: held at zero while training
 
     @property
     def undo_bytes(self) -> int:

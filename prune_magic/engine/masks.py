@@ -35,6 +35,12 @@ class Masks:
             self.params[name].masked_fill_(mask, 0)
 
     @property
+    def sparsity(self) -> float:
+        """The fraction of the masked parameters' weights held at zero."""
+        total = sum(m.numel() for m in self.masks.values())
+        return sum(int(m.sum()) for m in self.masks.values()) / total if total else 0.0
+
+    @property
     def nbytes(self) -> int:
         return sum(m.numel() for m in self.masks.values())
 

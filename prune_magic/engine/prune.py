@@ -26,13 +26,28 @@ from torch import nn
 
 from .clip import apply_clip
 from .errors import PruneError
-from .history import Entry, begin, commit, redo, rewind, sync_versions, undo
+from .history import Entry, begin, commit, history, redo, rewind, sync_versions, undo
+from .quantize import Quantized, apply_quantize
 from .recipe import Recipe, Step, parse_recipe
 from .report import Report, latency
 from .report import report as _measure
 from .selection import Target, select
-from .snapshot import deferred_interrupt, restore_all
+from .snapshot import Record, deferred_interrupt, restore_all
 from .structured import Removal, apply_structured
+from .train import (
+    Loss,
+    Point,
+    Progress,
+    Training,
+    clip_gradually,
+    distill,
+    finetune,
+    full_records,
+    gradual,
+    needs_training_data,
+    rebuild,
+)
+from .wanda import apply_wanda
 
 Metric = float | dict[str, float]
 Evaluate = Callable[[nn.Module], object]
@@ -54,6 +69,8 @@ class StepResult:
     seconds: float
     changed: int | None  # values changed; None when no undo record was kept
     removals: tuple[Removal, ...] = ()  # structured steps: the channels removed per layer
+    curve: tuple[Point, ...] = ()  # training steps: metric and sparsity after each epoch / gradual step
+    quantized: Quantized | None = None  # quantize steps: how, and the size before/after
 
 
 @dataclass(frozen=True, repr=False)
@@ -135,6 +152,9 @@ def prune(
     report: bool = True,
     tag: str | None = None,
     data: object = None,
+    train: object = None,
+    loss: Loss | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> PruneResult:
     """Apply ``recipe`` to ``model`` in place and say what changed.
 
@@ -153,7 +173,13 @@ def prune(
             be undone then, nor rolled back if ``evaluate`` fails afterwards.
         report: measure per-tensor sparsity, MACs and (for structured steps) latency before and
             after (``False`` skips those passes).
-        data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``).
+        data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``,
+            ``by=wanda``).
+        train: a DataLoader or ``(X, y)`` pair to train on (``finetune``, ``distill``,
+            ``clip ... finetune=``); an ``(X, y)`` pair is shuffled and cut into batches of 64.
+        loss: ``loss(output, target)`` for training (default: cross-entropy).
+        progress: called with a :class:`~prune_magic.engine.train.Progress` after every
+            training batch and epoch.
         tag: label the steps (a notebook cell's id, say). If the model's last steps carry
             the same tag and nothing else changed it since, they are undone first, so
             running the same cell twice does not compound.
@@ -161,8 +187,9 @@ def prune(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
     parsed = parse_recipe(recipe)
-    for step in parsed.steps:  # every pattern is checked before anything changes
+    for step in parsed.steps:  # every pattern and every input is checked before anything changes
         _select(model, step)
+    _check_inputs(model, parsed, train, data, undo or dry_run)
     structured = any(step.kind == "structured" for step in parsed.steps)
     started = time.perf_counter()
     note = begin(model)
@@ -176,8 +203,11 @@ def prune(
         before = _measure(model, example_input) if report else None
         timed = report and structured and example_input is not None
         latency_before = latency(model, example_input) if timed else None
+        training = Training(
+            train, loss, (lambda m: _evaluate(evaluate, m)) if evaluate is not None else None, progress
+        )
         for step in parsed.steps:
-            results.append(_apply(model, step, keep, done, example_input, data))
+            results.append(_apply(model, step, keep, done, example_input, data, training))
         after = _measure(model, example_input) if report else None
         latency_after = latency(model, example_input) if latency_before is not None else None
         metric_after = _evaluate(evaluate, model)
@@ -231,22 +261,72 @@ def _select(model: nn.Module, step: Step) -> list[Target]:
         raise type(exc)(f"line {step.line}: {exc}") from None
 
 
+def _check_inputs(model: nn.Module, recipe: Recipe, train: object, data: object, keep: bool) -> None:
+    """Steps that need data, a teacher or an undo record say so before anything changes."""
+    for i, step in enumerate(recipe.steps):
+        if needs_training_data(step) and train is None:
+            raise PruneError(
+                f"line {step.line}: {step.kind} trains the model and needs training data:"
+                " pass train=(X, y) or a DataLoader (in %%prune: --train NAME)"
+            )
+        if step.options.get("by") == "wanda" and data is None:
+            raise PruneError(
+                f"line {step.line}: clip by=wanda needs calibration data: pass data=(X, y) or a DataLoader"
+                " (in %%prune: --data NAME)"
+            )
+        if step.kind == "distill":
+            if not keep:
+                raise PruneError(
+                    f"line {step.line}: distill rebuilds its teacher from the undo records; drop undo=False"
+                )
+            pruned_before = any(s.kind in ("clip", "structured") for s in recipe.steps[:i])
+            if not pruned_before and not history(model).entries:
+                raise PruneError(
+                    f"line {step.line}: distill trains the pruned model to match the unpruned one, and"
+                    " nothing has been pruned yet; put a clip or structured step before it"
+                )
+
+
 def _apply(
-    model: nn.Module, step: Step, keep: bool, done: list[Entry], example_input: object, data: object
+    model: nn.Module,
+    step: Step,
+    keep: bool,
+    done: list[Entry],
+    example_input: object,
+    data: object,
+    training: Training,
 ) -> StepResult:
     """Apply one step; its entry joins ``done`` before it starts, so a failure half-way rolls back."""
     started = time.perf_counter()
     targets = _select(model, step)  # again: an earlier structured step may have replaced tensors
-    # structured steps always keep their record (references to the old tensors): a failed
-    # forward check must be able to roll back; without a clip record, don't stop half-way
-    recorded = keep or step.kind == "structured"
+    # only a plain clip may go without a record (a failed forward check, a long training run
+    # or a quantization must be able to roll back); without one, don't stop half-way
+    recorded = keep or step.kind != "clip" or gradual(step)
     entry = Entry(str(step), [], math.nan, 0.0, undoable=recorded)
+    if step.kind == "clip":
+        entry.clipped = tuple(t.name for t in targets)
     done.append(entry)
-    with nullcontext() if recorded else deferred_interrupt():
-        zeros, removals = apply_step(
-            model, step, targets, entry.records if recorded else None, example_input, data
-        )
-    if removals:
+    records: list[Any] | None = entry.records if recorded else None
+    removals: tuple[Removal, ...] = ()
+    curve: tuple[Point, ...] = ()
+    quantized = None
+    zeros: int | None = None
+    training.clipped = [n for e in (*history(model).entries, *done) for n in e.clipped]
+    if step.kind in ("finetune", "distill") or gradual(step):
+        entry.records.extend(full_records(model))
+    if step.kind == "finetune":
+        curve = finetune(model, step, training)
+    elif step.kind == "distill":
+        training.teacher = lambda: rebuild(model, _records_before(model, done[:-1]))
+        curve = distill(model, step, training)
+    elif gradual(step):
+        zeros, curve = clip_gradually(model, step, targets, training)
+    elif step.kind == "quantize":
+        quantized = apply_quantize(model, step, targets, entry.records)
+    else:
+        with nullcontext() if recorded else deferred_interrupt():
+            zeros, removals = apply_step(model, step, targets, records, example_input, data)
+    if removals:  # (a quantize step's targets are the float weights it kept in its record)
         targets = _select(model, step)
     if not keep:
         entry.records, entry.undoable = [], False
@@ -254,7 +334,13 @@ def _apply(
     entry.seconds = time.perf_counter() - started
     changed = sum(r.changed for r in entry.records) if entry.undoable else None
     names = tuple(t.name for t in targets)
-    return StepResult(step, names, entry.sparsity, entry.seconds, changed, removals)
+    return StepResult(step, names, entry.sparsity, entry.seconds, changed, removals, curve, quantized)
+
+
+def _records_before(model: nn.Module, done: list[Entry]) -> list[Record]:
+    """What undoes this call's steps so far, or, when there are none, every step in the history."""
+    entries = [e for e in done if e.records] or history(model).entries
+    return [r for e in entries for r in e.records]
 
 
 def apply_step(
@@ -272,6 +358,8 @@ def apply_step(
     """
     if step.kind == "structured":
         return None, tuple(apply_structured(model, step, targets, example_input, records, data))
+    if step.options.get("by") == "wanda":
+        return apply_wanda(model, step, targets, records, data), ()
     return apply_clip(step, targets, records), ()
 
 
@@ -338,7 +426,16 @@ def metric_name(evaluate: Evaluate | None) -> str:
 
 
 def _step_line(s: StepResult) -> str:
-    took = f"({s.seconds * 1e3:.0f} ms)"
+    took = f"({s.seconds * 1e3:.0f} ms)" if s.seconds < 10 else f"({s.seconds:.1f} s)"
+    if s.quantized is not None:
+        return f"{s.step}: {s.quantized.line()} {took}"
+    if s.curve:
+        last = s.curve[-1]
+        metric = ""
+        if isinstance(last.metric, float):
+            metric = f", metric after each: {' '.join(f'{p.metric:.4g}' for p in s.curve if isinstance(p.metric, float))}"
+        loss = f", training loss {last.loss:.4g}" if last.loss is not None else ""
+        return f"{s.step}: {len(s.curve)} {'steps' if s.step.kind == 'clip' else 'epochs'}{metric}{loss}; now {s.sparsity:.1%} sparse {took}"
     if not s.removals:
         return f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse {took}"
     widths = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in s.removals[:6])

@@ -23,7 +23,7 @@ from typing import Literal
 
 from .errors import RecipeError, did_you_mean
 
-OptionKind = Literal["fraction", "nonnegative", "count", "choice", "patterns"]
+OptionKind = Literal["fraction", "nonnegative", "positive", "count", "choice", "patterns"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Option:
     kind: OptionKind
     help: str
     choices: tuple[str, ...] = ()
+    low: int = 1  # counts: the smallest and largest whole numbers allowed
+    high: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class StepSchema:
     one_of: tuple[str, ...] = ()
     # option -> the option it only makes sense with
     requires: Mapping[str, str] = field(default_factory=dict)
+    # a bare word -> the option it stands for: ``quantize int8`` is ``quantize dtype=int8``
+    words: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # (option, value, other option): the two can't be combined
+    conflicts: tuple[tuple[str, str, str], ...] = ()
 
 
 _SELECT = {
@@ -52,6 +58,14 @@ _SELECT = {
         "comma-separated module names, globs (features.*) or types (Linear, Conv2d)",
     ),
     "exclude": Option("patterns", "the same kind of patterns, removed from the selection"),
+}
+
+_TRAIN = {
+    "lr": Option("positive", "learning rate (default 0.001)"),
+    "optimizer": Option("choice", "the torch optimizer (default adam)", ("adam", "sgd")),
+    "seed": Option(
+        "count", "seed of the shuffling and dropout, so a re-run trains the same (default 0)", low=0
+    ),
 }
 
 SCHEMAS: Mapping[str, StepSchema] = {
@@ -64,10 +78,63 @@ SCHEMAS: Mapping[str, StepSchema] = {
             "scope": Option(
                 "choice", "amount per layer, or one threshold over all layers", ("layer", "global")
             ),
+            "by": Option(
+                "choice",
+                "rank by |w| (magnitude) or by |w| x the input's activation norm, per output row"
+                " (wanda, Sun et al. 2023; needs data)",
+                ("magnitude", "wanda"),
+            ),
+            "steps": Option("count", "reach amount gradually, over this many steps of a cubic schedule"),
+            "finetune": Option("count", "epochs of training after each step, clipped weights kept at zero"),
+            **_TRAIN,
             **_SELECT,
         },
         one_of=("amount", "threshold", "sigma"),
-        requires={"scope": "amount"},
+        requires={
+            "scope": "amount",
+            "by": "amount",
+            "steps": "amount",
+            "finetune": "amount",
+            "lr": "finetune",
+            "optimizer": "finetune",
+            "seed": "finetune",
+        },
+        conflicts=(("by", "wanda", "scope"), ("by", "wanda", "steps")),
+    ),
+    "finetune": StepSchema(
+        help="train on the --train data with every clipped weight kept at zero",
+        options={"epochs": Option("count", "passes over the training data"), **_TRAIN},
+        one_of=("epochs",),
+    ),
+    "distill": StepSchema(
+        help="train the pruned model to match its unpruned self (knowledge distillation, Hinton et al. 2015)",
+        options={
+            "epochs": Option("count", "passes over the training data"),
+            "temperature": Option("positive", "softens both models' logits (default 4)"),
+            "alpha": Option(
+                "nonnegative", "weight of the hard-label loss beside the distillation loss (default 0.5)"
+            ),
+            **_TRAIN,
+        },
+        one_of=("epochs",),
+    ),
+    "quantize": StepSchema(
+        help="int8: dynamic int8 Linear layers; bits=N: round weights to N bits per channel (fake quantization)",
+        options={
+            "dtype": Option("choice", "int8: dynamic int8 quantization of Linear layers", ("int8",)),
+            "bits": Option(
+                "count", "round each weight to one of 2^N levels per output channel", low=2, high=16
+            ),
+            "backend": Option(
+                "choice",
+                "int8 through torchao (auto: when installed) or torch.ao",
+                ("auto", "torchao", "torch"),
+            ),
+            **_SELECT,
+        },
+        one_of=("dtype", "bits"),
+        requires={"backend": "dtype"},
+        words={"int8": ("dtype", "int8")},
     ),
     "structured": StepSchema(
         help="remove whole output channels (Conv) / neurons (Linear) and shrink the layers that use them",
@@ -100,7 +167,11 @@ class Step:
     line: int = 1
 
     def __str__(self) -> str:
-        return " ".join([self.kind, *(f"{k}={_render(v)}" for k, v in self.options.items())])
+        schema = SCHEMAS.get(self.kind)
+        bare = {option: word for word, option in schema.words.items()} if schema else {}
+        return " ".join(
+            [self.kind, *(bare.get((k, v)) or f"{k}={_render(v)}" for k, v in self.options.items())]  # type: ignore[arg-type]
+        )
 
     def replace(self, **options: Value) -> Step:
         """Return a copy with some options changed (validated like parsed text)."""
@@ -146,7 +217,14 @@ def parse_step(line: str, number: int = 1) -> Step:
     options: dict[str, Value] = {}
     for word in words:
         key, sep, raw = word.partition("=")
-        if not sep or not key:
+        if not sep and word in schema.words:
+            key, raw = schema.words[word]
+        elif not sep and schema.words:
+            raise RecipeError(
+                f"line {number}: {kind} takes {' or '.join(schema.words)} or key=value options,"
+                f" not {word!r}{did_you_mean(word, schema.words)}"
+            )
+        elif not sep or not key:
             raise RecipeError(
                 f"line {number}: expected key=value, got {word!r}"
                 f" (e.g. {kind} {next(iter(schema.options))}=...)"
@@ -170,6 +248,9 @@ def parse_step(line: str, number: int = 1) -> Step:
     for key, needed in schema.requires.items():
         if key in options and needed not in options:
             raise RecipeError(f"line {number}: {key}= only applies with {needed}=")
+    for key, value, other in schema.conflicts:
+        if options.get(key) == value and other in options:
+            raise RecipeError(f"line {number}: {key}={value} can't be combined with {other}=; drop {other}=")
     return Step(kind, options, number)
 
 
@@ -194,15 +275,17 @@ def _value(option: Option, key: str, raw: str, number: int) -> Value:
             raise RecipeError(f"line {number}: {key}= needs comma-separated names, e.g. {key}=fc1,fc2")
         return patterns
     if option.kind == "count":
-        if not raw.isdigit() or int(raw) < 1:
-            raise RecipeError(f"line {number}: {key}={raw} must be a whole number >= 1 ({option.help})")
+        if not raw.isdigit() or not option.low <= int(raw) <= (option.high or int(raw)):
+            bounds = f">= {option.low}" if option.high is None else f"from {option.low} to {option.high}"
+            raise RecipeError(f"line {number}: {key}={raw} must be a whole number {bounds} ({option.help})")
         return int(raw)
     percent = raw.endswith("%") and option.kind == "fraction"
     try:
         value = float(raw[:-1]) / 100 if percent else float(raw)
     except ValueError:
         raise RecipeError(f"line {number}: {key}={raw} is not a number ({option.help})") from None
-    if not math.isfinite(value) or value < 0 or (option.kind == "fraction" and value >= 1):
+    too_small = value <= 0 if option.kind == "positive" else value < 0
+    if not math.isfinite(value) or too_small or (option.kind == "fraction" and value >= 1):
         raise RecipeError(f"line {number}: {key}={raw} is out of range ({option.help})")
     return value
 

@@ -12,7 +12,7 @@ import html
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,17 +149,21 @@ def report(model: nn.Module, example_input: object = None, names: Sequence[str] 
     modules = dict(model.named_modules())
     rows = []
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for name, param in _weights(model):
             if names is not None and name not in names:
                 continue
             owner, _, attr = name.rpartition(".")
+            codes = getattr(param, "qdata", param)  # torchao's int8 tensors keep their codes in qdata
+            if codes.is_quantized:
+                codes = codes.int_repr()
             numel = param.numel()
-            nonzero = int(torch.count_nonzero(param))
-            size = param.element_size()
+            nonzero = int(torch.count_nonzero(codes))
+            size = codes.element_size()
+            kind = type(modules[owner]).__name__
             rows.append(
                 Row(
                     name=name,
-                    module_type=type(modules[owner]).__name__,
+                    module_type=kind if codes is param else f"{kind} ({codes.dtype})".replace("torch.", ""),
                     shape=tuple(param.shape),
                     params=numel,
                     nonzero=nonzero,
@@ -169,6 +173,18 @@ def report(model: nn.Module, example_input: object = None, names: Sequence[str] 
                 )
             )
     return Report(tuple(rows), total_macs)
+
+
+def _weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Parameters by name, and the weights and biases of torch.ao's quantized modules (not parameters)."""
+    yield from model.named_parameters()  # each shared (tied) parameter once
+    for owner, module in model.named_modules():
+        prefix = f"{owner}." if owner else ""
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            yield prefix + "weight", module.weight()
+            bias = module.bias()
+            if bias is not None:
+                yield prefix + "bias", bias
 
 
 def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, int]]:
