@@ -8,15 +8,30 @@ large. Here it is always the magnitude: a weight of -3.0 is kept by ``threshold=
 - ``amount=A``: zero exactly ``round(A x n)`` weights of smallest |w|, per layer
   (``scope=layer``) or over all selected layers at once (``scope=global``). Ties at the
   cut are broken in selection order, then by position in the tensor.
+
+Zeroing is ``torch.hardshrink`` in place, one fused pass, whether or not an undo record
+is kept; with a record, each chunk's changed positions and old values are taken just
+before it is zeroed (numpy kernels on the CPU).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-from .magnitude import CHUNK, chunks, int_view, key_bits, kth_key, shrink_value, threshold_key
+from .magnitude import (
+    chunk_size,
+    chunks,
+    int_view,
+    key_bits,
+    on_numpy,
+    select_cut,
+    shrink_value,
+    threshold_key,
+)
 from .recipe import Step
 from .selection import Target
 from .snapshot import TensorRecord
@@ -42,7 +57,8 @@ def apply_clip(step: Step, targets: Sequence[Target], records: list[TensorRecord
             threshold = float(options["threshold"])  # type: ignore[arg-type]
         else:
             threshold = float(options["sigma"]) * layer_std(target.param)  # type: ignore[arg-type]
-        _zero_below(target, threshold_key(threshold, target.param.dtype), records)
+        size = chunk_size(target.param.numel())
+        _zero_below(target, threshold_key(threshold, target.param.dtype), records, size)
     return None
 
 
@@ -56,21 +72,31 @@ def _clip_count(targets: Sequence[Target], k: int, records: list[TensorRecord] |
     """Zero exactly the ``k`` smallest magnitudes over ``targets``; return the zeros after."""
     if k == 0:
         return None
-    key, below, equal = kth_key([t.param for t in targets], k)
-    if key == 0:  # the cut falls among weights that are zero already
-        return equal
-    ties = k - below  # weights with exactly the cut's magnitude that must go too
-    if ties == equal:  # all of them: the cut falls after the last one
-        key, ties = key + 1, 0
-    for target in targets:
-        ties = _zero_below(target, key, records, ties)
+    cut = select_cut([t.param for t in targets], k)
+    if cut.key == 0:  # the cut falls among weights that are zero already
+        return cut.equal
+    key, ties, positions = cut.key, k - cut.below, cut.ties  # ties: weights at the cut that go too
+    if ties == cut.equal:  # all of them: the cut falls after the last one
+        key, ties, positions = key + 1, 0, None
+    size = chunk_size(sum(t.param.numel() for t in targets))
+    for i, target in enumerate(targets):
+        ties = _zero_below(target, key, records, size, ties, None if positions is None else positions[i])
     return k
 
 
-def _zero_below(target: Target, key: int, records: list[TensorRecord] | None, ties: int = 0) -> int:
-    """Zero the elements whose magnitude key is below ``key``, and the first ``ties`` equal to it.
+def _zero_below(
+    target: Target,
+    key: int,
+    records: list[TensorRecord] | None,
+    size: int,
+    ties: int = 0,
+    where: torch.Tensor | None = None,
+) -> int:
+    """Zero the elements whose magnitude key is below ``key``, and ``ties`` equal to it.
 
-    Returns how many of the ``ties`` are still to be zeroed (in the next tensors).
+    The ties zeroed here are the elements at positions ``where`` when given, else the
+    first ``ties`` elements equal to ``key`` in this tensor. Returns how many of the
+    ``ties`` are still to be zeroed (in the next tensors).
     """
     param = target.param
     lambd = shrink_value(key, param.dtype)
@@ -78,25 +104,101 @@ def _zero_below(target: Target, key: int, records: list[TensorRecord] | None, ti
         return ties
     bits = int_view(param)
     flat = param.detach().view(-1)
+    size = min(size, flat.numel())
     mask = (1 << key_bits(param.dtype)) - 1
+    if where is not None:
+        ties -= where.numel()
     if records is None:  # one fused pass, no scratch memory
         torch.hardshrink(flat, lambd, out=flat)
-        for _, chunk in chunks(bits):
+        if where is not None:
+            bits[where] = 0
+            return ties
+        for _, chunk in chunks(bits, size):
             if not ties:
                 break
             hits = _first_equal(chunk, mask, key, ties)
             chunk[hits] = 0
             ties -= hits.numel()
         return ties
-    size = min(CHUNK, flat.numel())
-    kept = torch.empty(size, dtype=param.dtype, device=param.device)
-    changed = torch.zeros(-(-size // 8) * 8, dtype=torch.bool, device=param.device)
     record = TensorRecord(target.name)
-    for offset, chunk in chunks(flat):
+    if on_numpy(param):
+        ties = _record_numpy(flat, bits.numpy(), key, lambd, mask, size, record, ties, where)
+    else:
+        ties = _record_torch(flat, bits, key, lambd, mask, size, record, ties, where)
+    if record.parts:
+        records.append(record)
+    return ties
+
+
+def _record_numpy(
+    flat: torch.Tensor,
+    bits: np.ndarray[Any, Any],
+    key: int,
+    lambd: float,
+    mask: int,
+    size: int,
+    record: TensorRecord,
+    ties: int,
+    where: torch.Tensor | None,
+) -> int:
+    """Zero a CPU tensor chunk by chunk, recording each chunk's changes first."""
+    keys = np.empty(size, bits.dtype)
+    changed = np.empty(size, np.bool_)
+    tied = None if where is None else where.numpy()
+    tied_none = np.empty(0, np.int64)
+    for start in range(0, bits.size, size):
+        chunk = bits[start : start + size]
+        n = chunk.size
+        k, c = keys[:n], changed[:n]
+        np.bitwise_and(chunk, mask, out=k)
+        np.less(k, key, out=c)
+        if tied is not None:
+            hits = tied[np.searchsorted(tied, start) : np.searchsorted(tied, start + n)] - start
+        else:
+            hits = np.flatnonzero(k == key)[:ties] if ties else tied_none
+            ties -= hits.size
+        if hits.size:
+            c[hits] = True
+        count = int(np.count_nonzero(c))
+        if not count:
+            continue
+        values = np.compress(c, chunk)
+        if np.count_nonzero(values) < count:  # weights that are +0.0 already: not changes
+            np.logical_and(c, chunk != 0, out=c)
+            values = np.compress(c, chunk)
+        if values.size:
+            record.add_packed(
+                start, n, torch.from_numpy(np.packbits(c, bitorder="little")), torch.from_numpy(values)
+            )
+        part = flat[start : start + n]
+        torch.hardshrink(part, lambd, out=part)
+        if hits.size:
+            chunk[hits] = 0
+    return ties
+
+
+def _record_torch(
+    flat: torch.Tensor,
+    bits: torch.Tensor,
+    key: int,
+    lambd: float,
+    mask: int,
+    size: int,
+    record: TensorRecord,
+    ties: int,
+    where: torch.Tensor | None,
+) -> int:
+    """The same with torch ops, on the tensor's device; the record goes to the CPU."""
+    kept = torch.empty(size, dtype=flat.dtype, device=flat.device)
+    changed = torch.zeros(-(-size // 8) * 8, dtype=torch.bool, device=flat.device)
+    for offset, chunk in chunks(flat, size):
         n = chunk.numel()
         torch.hardshrink(chunk, lambd, out=kept[:n])
         chunk_bits, kept_bits = bits[offset : offset + n], kept[:n].view(bits.dtype)
-        if ties:
+        if where is not None:
+            inside = where[(where >= offset) & (where < offset + n)]
+            kept_bits[inside - offset] = 0
+        elif ties:
             hits = _first_equal(chunk_bits, mask, key, ties)
             kept_bits[hits] = 0
             ties -= hits.numel()
@@ -105,8 +207,6 @@ def _zero_below(target: Target, key: int, records: list[TensorRecord] | None, ti
         if changed.any():
             record.add(offset, chunk_bits, changed[: -(-n // 8) * 8])
             chunk.copy_(kept[:n])
-    if record.parts:
-        records.append(record)
     return ties
 
 

@@ -42,6 +42,11 @@ class TensorRecord:
         packed = pack_bits(changed).cpu()
         self.parts.append((offset, length, packed, compact(chunk_bits, changed[:length])))
 
+    def add_packed(self, offset: int, length: int, packed: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep a part built elsewhere: the packed mask (bit i = element ``offset + i``, as
+        :func:`pack_bits` packs) and the old bit patterns at the set bits, on the CPU."""
+        self.parts.append((offset, length, packed, values))
+
     @classmethod
     def copy_of(cls, name: str, tensor: torch.Tensor) -> TensorRecord:
         """A full copy, for steps that change every value."""
