@@ -66,12 +66,12 @@ class CountingLinear(nn.Linear):
         return super().forward(x)
 
 
-def test_modules_before_the_pruned_layer_run_once_per_layer() -> None:
+def test_modules_before_the_pruned_layer_run_only_for_the_baseline() -> None:
     model, accuracy = setup(MLP, (64, 64))
     model.fc1.__class__ = CountingLinear
     CountingLinear.calls = 0
     result = sensitivity(model, accuracy, levels=LEVELS, layers=["fc2"], stop_below=-1)
-    assert CountingLinear.calls == 2 * 2  # baseline + the first level (2 batches each); later levels replay
+    assert CountingLinear.calls == 2  # the baseline (2 batches); every level replays what it recorded
     assert result.evaluations == 4
 
 
@@ -185,3 +185,132 @@ def test_modules_called_before_and_after_the_layer_are_replayed_only_before() ->
     result = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
     assert result.complete, result.stopped
     assert result.curves == reference(model, accuracy, result.curves)
+
+
+class InPlace(nn.Module):
+    """Outputs changed in place after their call: an in-place ReLU, a residual ``+=``, a reused BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn(self.conv1(x)))
+        out = self.conv2(x)
+        out += x  # changes conv2's output in place
+        out = self.relu(self.bn(self.conv3(out)))  # the BatchNorm and the ReLU run again
+        return self.fc(out.mean((2, 3)))
+
+
+def randomized_bn(model: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_outputs_changed_in_place_are_replayed_only_while_unchanged() -> None:
+    model, accuracy = setup(InPlace, (96, 1, 8, 8))
+    randomized_bn(model)
+    before = state(model)
+    model.conv1.__class__ = CountingConv
+    CountingConv.calls = 0
+    result = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    assert CountingConv.calls == 3 + 3 * 3  # 3 batches: the baseline, conv1's levels; replayed for the others
+    assert result.complete, result.stopped
+    assert result.curves == reference(model, accuracy, result.curves)
+    assert same_bits(model, before)
+
+
+class CountingConv(nn.Conv2d):
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CountingConv.calls += 1
+        return super().forward(x)
+
+
+class Tied(nn.Module):
+    """``b`` shares ``a``'s weight and runs before it: pruning ``a`` changes what runs before ``a``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+        self.act = nn.Tanh()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.a(self.act(self.b(x))))
+
+
+def test_nothing_is_replayed_before_a_layer_whose_weights_run_earlier() -> None:
+    model, accuracy = setup(Tied, (64, 16))
+    result = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    assert result.complete, result.stopped
+    assert result.curves == reference(model, accuracy, result.curves)
+
+
+def test_inputs_are_compared_exactly_and_with_keywords() -> None:
+    """Replay needs the very inputs of the baseline: permuted rows have the same sum, and a
+    keyword input is an input too."""
+    torch.manual_seed(0)
+    model = MLP().eval()
+    X = torch.randint(-3, 4, (64, 64)).float()  # integer values: any order sums to the same
+    y = model(X).argmax(1)
+    calls = []
+
+    def permuted(m: nn.Module) -> float:  # rows in another order at every call
+        calls.append(1)
+        order = torch.randperm(len(X), generator=torch.Generator().manual_seed(len(calls)))
+        with torch.no_grad():
+            return int((m(X[order]).argmax(1) == y[order]).sum()) / len(X)
+
+    result = sensitivity(model, permuted, levels=LEVELS, stop_below=-1)
+    calls.clear()
+    assert result.curves == reference(model, permuted, result.curves)
+
+    class Keywords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = model
+
+        def forward(self, *, x: torch.Tensor) -> torch.Tensor:
+            return self.mlp(x)
+
+    wrapped = Keywords()
+    calls.clear()
+
+    def by_keyword(m: nn.Module) -> float:
+        calls.append(1)
+        order = torch.randperm(len(X), generator=torch.Generator().manual_seed(len(calls)))
+        with torch.no_grad():
+            return int((m(x=X[order]).argmax(1) == y[order]).sum()) / len(X)
+
+    result = sensitivity(wrapped, by_keyword, levels=LEVELS, stop_below=-1)
+    calls.clear()
+    assert result.curves == reference(wrapped, by_keyword, result.curves)
+
+
+def test_an_eval_function_in_inference_mode() -> None:
+    model, _ = setup(InPlace, (64, 1, 8, 8))
+    randomized_bn(model)
+    X = torch.randn(64, 1, 8, 8)
+    y = model(X).argmax(1)
+
+    def accuracy(m: nn.Module) -> float:
+        with torch.inference_mode():
+            return sum(int((m(X[i]).argmax(1) == y[i]).sum()) for i in torch.arange(64).split(32)) / 64
+
+    before = state(model)
+    result = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    assert result.complete, result.stopped
+    assert result.curves == reference(model, accuracy, result.curves)
+    assert same_bits(model, before)
