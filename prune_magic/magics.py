@@ -37,7 +37,8 @@ SUBCOMMANDS = {
 
 USAGE = "\n".join(
     [
-        "%%prune MODEL [--eval FN | --data DATA] [--example-input EXPR] [-o NAME] [--dry-run] [--quiet]",
+        "%%prune MODEL [--eval FN] [--data DATA] [--train DATA] [--example-input EXPR] [-o NAME] [--dry-run]"
+        " [--quiet]",
         "    (then the recipe, one step a line, e.g. `clip amount=0.8 scope=global`)",
         *(f"%prune {name} MODEL".ljust(24) + f"  {text}" for name, text in SUBCOMMANDS.items()),
         "%%prune? shows every option with examples.",
@@ -90,8 +91,15 @@ class PruneMagics(Magics):
     @argument(
         "--data",
         metavar="DATA",
-        help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after",
+        help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after (unless --eval"
+        " is given), and the calibration data of steps that need it (by=wanda, importance=taylor)",
     )
+    @argument(
+        "--train",
+        metavar="DATA",
+        help="a DataLoader or an (X, y) pair to train on (finetune, distill, clip ... finetune=)",
+    )
+    @argument("--loss", metavar="FN", help="the training loss FN(output, target) (default: cross-entropy)")
     @argument(
         "--example-input",
         metavar="EXPR",
@@ -117,10 +125,19 @@ class PruneMagics(Magics):
             %%prune net --example-input x[:1] --data "(X_test, y_test)"
             structured amount=0.5 importance=l2 exclude=classifier
 
+            %%prune model --data "(X_test, y_test)" --train "(X_train, y_train)"
+            clip amount=0.9 scope=global
+            distill epochs=2            # or: finetune epochs=2
+            quantize int8
+
         Steps: ``clip`` (``threshold=``, ``amount=`` with ``scope=layer|global``, or
         ``sigma=``) zeroes the weights of smallest |w|; ``structured amount=`` removes
         whole channels/neurons (needs ``--example-input``). Both take ``layers=`` and
         ``exclude=`` (names, globs like ``features.*``, or types like ``Conv2d``).
+        After pruning: ``finetune epochs=N``, ``distill epochs=N`` (the model before the
+        cell teaches the pruned one) and ``clip amount=A steps=K finetune=E`` (gradual)
+        train on ``--train``; ``quantize int8`` or ``quantize bits=N`` round the weights;
+        ``clip amount=A by=wanda`` weighs |w| by the ``--data`` activations.
 
         Running the same cell again does not compound: it starts from the state the model
         had before that cell's previous run (as long as nothing else changed the model).
@@ -151,6 +168,8 @@ class PruneMagics(Magics):
         engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
         evaluate, data = self._evaluate(args)
         example = self._expression(args.example_input, "--example-input") if args.example_input else None
+        train = self._expression(args.train, "--train") if args.train else None
+        loss = self._name(args.loss, "--loss") if args.loss else None
         tag = (
             f"cell:{self._cell_id}"
             if self._cell_id
@@ -165,9 +184,14 @@ class PruneMagics(Magics):
         start = (
             _histograms(model) if live and self.charts else None
         )  # the weights before the cell, for the dashboard
-        result = engine.prune(
-            model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag, data=data
-        )
+        progress = _TrainingProgress()
+        try:
+            result = engine.prune(
+                model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag,
+                data=data, train=train, loss=loss, progress=None if args.quiet else progress,
+            )  # fmt: skip
+        finally:
+            progress.close()
         if args.output:
             self.shell.user_ns[args.output] = result
         if args.quiet:
@@ -175,7 +199,7 @@ class PruneMagics(Magics):
         from .widgets import PruneDashboard, PruneView, Rerun
 
         if live:
-            rerun = Rerun(model, evaluate, example, data, tag)
+            rerun = Rerun(model, evaluate, example, data, tag, train, loss)
             display(PruneDashboard(result, args.model, rerun, charts=self.charts, start=start))
         else:
             display(PruneView(result, args.model, charts=self.charts))
@@ -313,16 +337,18 @@ class PruneMagics(Magics):
         )
 
     def _evaluate(self, args: Any) -> tuple[Any, Any]:
-        """The eval function and the data (for steps that need data) the options name."""
-        if args.eval_fn and args.data:
-            raise UsageError("give --eval FN or --data DATA, not both")
+        """The eval function and the data (for steps that need data) the options name.
+
+        ``--data`` alone also gives the metric (built-in accuracy); beside ``--eval`` it is
+        only the steps' data.
+        """
         if args.eval_fn:
             fn = self._name(args.eval_fn, "--eval")
             if not callable(fn):
                 raise UsageError(
                     f"--eval {args.eval_fn} is a {type(fn).__name__}; give a function FN(model) -> float"
                 )
-            return fn, None
+            return fn, self._expression(args.data, "--data") if args.data else None
         if args.data:
             from .engine.evaluate import accuracy
 
@@ -418,6 +444,46 @@ class _LiveDisplay:
             display(view)
         else:
             self.handle.update(view)
+
+
+class _TrainingProgress:
+    """While a step trains: a progress bar that updates in place (notebook) or a ``\r`` line (terminal)."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+        self.last = 0.0
+        self.kernel = "ipykernel" in sys.modules and getattr(get_ipython(), "kernel", None) is not None
+        self.printed = False
+
+    def __call__(self, progress: Any) -> None:
+        now = time.monotonic()
+        if progress.point is None and now - self.last < 0.5:
+            return
+        self.last = now
+        from .widgets import _progress_text
+
+        text = _progress_text(progress)
+        if not self.kernel:
+            print(f"\r{text}".ljust(100), end="", flush=True)
+            self.printed = True
+            return
+        from IPython.display import HTML
+
+        total = progress.total or progress.done
+        bar = HTML(f"<progress value='{progress.done}' max='{total}'></progress> <code>{text}</code>")
+        if self.handle is None:
+            self.handle = display(bar, display_id=True)
+        else:
+            self.handle.update(bar)
+
+    def close(self) -> None:
+        """Take the bar away: the result shows the whole curve."""
+        if self.printed:
+            print()
+        if self.handle is not None:
+            from IPython.display import HTML
+
+            self.handle.update(HTML(""))
 
 
 def _histograms(model: Any) -> dict[str, Any]:

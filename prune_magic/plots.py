@@ -13,7 +13,8 @@ from itertools import pairwise
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .engine import Report
+from .engine import PruneResult, Report
+from .engine.prune import metric_changes
 from .engine.report import Histogram
 from .engine.sensitivity import Sensitivity
 
@@ -118,6 +119,47 @@ def tried_chart(points: list[tuple[float, float]], metric: str = "metric") -> Fi
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} at each value tried", fontsize=9)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def training_chart(result: PruneResult) -> Figure:
+    """Recovery: the metric (or the training loss) after each epoch or gradual step, and the sparsity.
+
+    Starts from the metric before the cell; a dashed line marks it, so the cost of the cut
+    and what training won back read off the same axis.
+    """
+    steps = [s for s in result.steps if s.curve]
+    points = [p for s in steps for p in s.curve]
+    metric = all(isinstance(p.metric, float) for p in points)
+    before = metric_changes(result.metric_before, result.metric_after, result.metric_name) if metric else []
+    labels = ["cell start"] if before else []
+    values = [before[0][1]] if before else []
+    for p in points:
+        labels.append(p.label)
+        values.append(p.metric if metric else p.loss)  # type: ignore[arg-type]
+    fig = Figure(figsize=(max(4.2, 0.5 * len(labels) + 1.5), 3.0))
+    fig.subplots_adjust(left=0.16, right=0.86, bottom=0.28, top=0.88)
+    ax = fig.subplots()
+    xs = range(len(values))
+    ax.plot(xs, values, marker="o", markersize=4, color=KEPT, label=result.metric_name if metric else "loss")
+    if before:
+        ax.axhline(before[0][1], color="black", linewidth=0.8, linestyle="--", label="before the cell")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(result.metric_name if metric else "training loss")
+    ax.grid(alpha=0.3)
+    sparsity = [p.sparsity for p in points]
+    if len(set(sparsity)) > 1:  # a gradual schedule: sparsity climbs step by step
+        twin = ax.twinx()
+        offset = len(values) - len(points)
+        twin.step(range(offset, len(values)), [100 * s for s in sparsity], where="mid", color=REMOVED)
+        twin.set_ylabel("sparsity (%)", color=REMOVED)
+        twin.set_ylim(0, 100)
+    kinds = ", ".join(dict.fromkeys(s.step.kind if s.step.kind != "clip" else "gradual clip" for s in steps))
+    what = result.metric_name if metric else "training loss"
+    ax.set_title(
+        f"Recovery ({kinds}): {what} after each {'step' if 'gradual' in kinds else 'epoch'}", fontsize=9
+    )
     return fig
 
 

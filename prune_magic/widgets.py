@@ -15,7 +15,7 @@ from typing import Any
 
 from . import plots
 from .engine import PruneResult, Report
-from .engine.prune import metric_changes
+from .engine.prune import describe_curve, metric_changes
 from .engine.report import SPARSE_FORMAT, format_bytes, format_count
 from .engine.sensitivity import Sensitivity
 
@@ -63,6 +63,11 @@ class PruneView:
         if r.metric_before is not None and r.metric_after is not None:
             changes = metric_changes(r.metric_before, r.metric_after, r.metric_name)
             facts += [(k, f"{b:.4g} → {a:.4g} ({a - b:+.4g})") for k, b, a in changes]
+        for s in r.steps:
+            if s.quantized is not None:
+                facts.append(("quantized", s.quantized.line()))
+            elif s.curve:
+                facts.append(("trained", _trained(s)))
         notes = [line for line in r.lines() if line.startswith(("warning:", "note:", "re-run:", "dry run:"))]
         facts += [("note", n) for n in notes]
         facts.append(("time", f"{r.seconds:.2f} s"))
@@ -84,6 +89,12 @@ class PruneView:
                 figure = plots.sparsity_chart(r.after, r.before)
             self._png = plots.png(figure)
         return self._png
+
+    def training_png(self) -> bytes | None:
+        """The recovery curve (metric after each epoch or gradual step), when a step trained."""
+        if not self.charts or not any(s.curve for s in self.result.steps):
+            return None
+        return plots.png(plots.training_chart(self.result))
 
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self.summary())
@@ -107,6 +118,10 @@ class PruneView:
             data = base64.b64encode(image).decode()
             alt = "width per layer" if self.structured else "sparsity per layer"
             parts.append(f"<img alt='{alt}' src='data:image/png;base64,{data}'/>")
+        training = self.training_png()
+        if training is not None:
+            data = base64.b64encode(training).decode()
+            parts.append(f"<img alt='recovery curve' src='data:image/png;base64,{data}'/>")
         if self.result.after is not None:
             parts.append(
                 f"<details><summary>per-layer table</summary>{self.result.after._repr_html_()}</details>"
@@ -119,6 +134,10 @@ class PruneView:
         if image is not None:
             bundle["image/png"] = base64.b64encode(image).decode()
         return bundle
+
+
+def _trained(step: Any) -> str:
+    return f"{step.step}: {describe_curve(step)} ({step.curve[-1].seconds:.1f} s)"
 
 
 def _size(before: Report, after: Report) -> str:
@@ -218,6 +237,10 @@ class PruneDashboard:
         self.summary = w.HTML()
         self.image = w.Image(format="png")
         self.curve = w.Image(format="png", layout=w.Layout(display="none"))  # shown from two points on
+        self.training = w.Image(format="png", layout=w.Layout(display="none"))  # when a step trains
+        self.training.add_class("prune-magic-training")
+        self._last_progress = 0.0
+        rerun.progress = self._progress
         self.line = w.HTML()
         self.status = w.HTML()
         self.sliders = {}
@@ -255,7 +278,7 @@ class PruneDashboard:
             widget.add_class(f"prune-magic-{name_}")
         self.box = w.VBox(
             [*self.sliders.values(), self.line, w.HBox([self.undo_button, self.reset_button, self.status]),
-             w.HBox([self.summary, self.curve]), self.image, self.layer, self.histogram]
+             w.HBox([self.summary, self.curve]), self.image, self.training, self.layer, self.histogram]
         )  # fmt: skip
         self._show(result)
 
@@ -296,12 +319,22 @@ class PruneDashboard:
         finally:
             self._busy(False)
 
+    def _progress(self, progress: Any) -> None:
+        """Training during a re-run: say how far it got (at most 4 times a second)."""
+        import time
+
+        now = time.monotonic()
+        if progress.point is None and now - self._last_progress < 0.25:
+            return
+        self._last_progress = now
+        self.status.value = f"<i>updating… {html.escape(_progress_text(progress))}</i>"
+
     def _busy(self, busy: bool) -> None:
         for widget in (*self.sliders.values(), self.undo_button, self.reset_button):
             widget.disabled = busy
         if busy:
             self.status.value = "<i>updating…</i>"
-        elif self.status.value == "<i>updating…</i>":
+        elif self.status.value.startswith("<i>updating…"):
             self.status.value = ""
 
     def _show(self, result: PruneResult) -> None:
@@ -312,6 +345,10 @@ class PruneDashboard:
         if image is not None:
             self.image.value = image
         self._draw_histogram()
+        training = self.view.training_png()
+        if training is not None:
+            self.training.value = training
+        self.training.layout.display = None if training is not None else "none"
         if self.charts and len(self.tried) > 1:
             self.curve.value = plots.png(plots.tried_chart(self.tried, result.metric_name))
             self.curve.layout.display = None
@@ -321,7 +358,10 @@ class PruneDashboard:
             return
         from .engine.report import histogram
 
-        now = histogram(self.rerun.model.get_parameter(self.layer.value))
+        weight = _weight(self.rerun.model, self.layer.value)
+        if weight is None:  # the layer is gone (undo across a structured step, say)
+            return
+        now = histogram(weight)
         before = self.start.get(self.layer.value)
         figure = plots.magnitude_histogram(
             before or now, self.layer.value, cut=now.smallest_kept if now.zeros else None
@@ -341,6 +381,9 @@ class Rerun:
     example_input: Any = None
     data: Any = None
     tag: str | None = None
+    train: Any = None
+    loss: Any = None
+    progress: Any = None  # called while a step trains (the dashboard's status line)
 
     def __call__(self, recipe: str, dry_run: bool = False) -> PruneResult:
         from . import engine
@@ -353,6 +396,9 @@ class Rerun:
             tag=self.tag,
             data=self.data,
             dry_run=dry_run,
+            train=self.train,
+            loss=self.loss,
+            progress=self.progress,
         )
 
     def dry_run(self, recipe: str) -> PruneResult:
@@ -381,6 +427,28 @@ def _first_metric(result: PruneResult) -> float | None:
         else []
     )
     return changes[0][2] if changes else None
+
+
+def _weight(model: Any, name: str) -> Any:
+    """A weight by name as floats: quantized weights (torch.ao, torchao) dequantized."""
+    from .engine.report import weights
+
+    tensor = dict(weights(model)).get(name)
+    if tensor is not None and (tensor.is_quantized or hasattr(tensor, "qdata")):
+        tensor = tensor.dequantize()
+    return tensor
+
+
+def _progress_text(progress: Any) -> str:
+    """``finetune epochs=2: 31/42 batches`` (and the metric of the last epoch, when there is one)."""
+    done = f"{progress.done}/{progress.total} batches" if progress.total else f"{progress.done} batches"
+    point = progress.point
+    metric = (
+        f"; {point.label}: {point.metric:.4g}"
+        if point is not None and isinstance(point.metric, float)
+        else ""
+    )
+    return f"{progress.step}: {done}{metric}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -193,7 +193,17 @@ ERRORS = [
         "%%prune model --data X\nclip amount=0.5\n",
         "evaluation data must be a DataLoader or an (X, y) pair, not Tensor",
     ),
-    ("%%prune model --eval agreement --data X\nclip amount=0.5\n", "give --eval FN or --data DATA, not both"),
+    (
+        "%%prune model --data (X,y)\nclip amount=0.5\nfinetune epochs=1\n",
+        "line 2: finetune trains the model and needs training data: pass train=(X, y) or a DataLoader"
+        " (in %%prune: --train NAME)",
+    ),
+    ("%%prune model --train (X,y) --loss nope\nfinetune epochs=1\n", "name 'nope' is not defined"),
+    ("%%prune model --train Z\nfinetune epochs=1\n", "--train Z: NameError: name 'Z' is not defined"),
+    (
+        "%%prune model\nquantize int9\n",
+        "line 1: quantize takes int8 or key=value options, not 'int9'; did you mean 'int8'?",
+    ),
     (
         "%%prune model\nstructured amount=0.5\n",
         "structured pruning needs an example input to trace the model",
@@ -311,3 +321,40 @@ def test_undo_takes_a_count(ip) -> None:
 def test_explore_outside_a_notebook_shows_the_sweep(ip) -> None:
     out = run(ip, "%prune explore model --eval agreement --levels 0.5")
     assert "as a recipe to paste" in out.outputs[-1].data["text/plain"]
+
+
+def test_train_finetune_distill_and_quantize_from_a_cell(ip) -> None:
+    model = ip.user_ns["model"]
+    before = state(model)
+    out = run(
+        ip,
+        "%%prune model --eval agreement --train (X,y) -o res\n"
+        "clip amount=0.9 scope=global\ndistill epochs=2\nquantize bits=8\n",
+    )
+    result = ip.user_ns["res"]
+    assert [len(s.curve) for s in result.steps] == [0, 3, 0]  # before training, 2 epochs
+    assert result.steps[2].quantized is not None
+    text = out.outputs[-1].data["text/plain"]
+    assert "trained  distill epochs=2: 2 epochs; metric " in text and "quantized  fake 8-bit" in text
+    assert "alt='recovery curve'" in out.outputs[-1].data["text/html"]
+    run(ip, "%prune reset model")
+    assert same_bits(model, before)
+
+
+def test_a_custom_loss_and_eval_with_calibration_data(ip) -> None:
+    run(
+        ip,
+        "calls = []\ndef loss(out, target):\n    calls.append(1)\n    return nn.functional.cross_entropy(out, target)",
+    )
+    run(
+        ip,
+        "%%prune model --eval agreement --data (X,y) --train (X,y) --loss loss -o res\nclip amount=0.5 by=wanda\nfinetune epochs=1\n",
+    )
+    assert len(ip.user_ns["calls"]) == 4  # 200 samples in batches of 64
+    result = ip.user_ns["res"]
+    assert result.metric_name == "agreement" and result.steps[0].sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_training_shows_progress_in_a_terminal(ip) -> None:
+    out = run(ip, "%%prune model --train (X,y)\nclip amount=0.5\nfinetune epochs=2\n")
+    assert "finetune epochs=2: 8/8 batches" in out.stdout

@@ -177,3 +177,32 @@ def test_the_plain_text_of_a_dashboard_is_the_summary_not_the_widget_repr(dashbo
     board, _, _ = dashboard
     text = board._repr_mimebundle_()["text/plain"]
     assert "sparsity" in text and "VBox" not in text
+
+
+def test_a_training_recipe_shows_its_recovery_curve_and_progress(mlp) -> None:
+    x = torch.randn(256, 64)
+    y = mlp(x).argmax(1)
+
+    def agreement(model):
+        return float((model(x).argmax(1) == y).float().mean())
+
+    rerun = Rerun(mlp, agreement, tag="cell-2", train=(x, y))
+    result = rerun("clip amount=0.8 scope=global\nfinetune epochs=2")
+    board = PruneDashboard(result, "mlp", rerun)
+    assert board.training.layout.display is None and board.training.value
+    first = board.training.value
+    statuses = []
+    board.status.observe(lambda change: statuses.append(change["new"]), "value")
+    board.sliders[0, "amount"].value = 0.6
+    assert any("finetune epochs=2:" in s and "batches" in s for s in statuses)  # progress while training
+    assert board.training.value != first
+    assert "updating" not in board.status.value
+    assert zeros(mlp) == round(0.6 * sum(t.param.numel() for t in pm.select(mlp)))
+
+
+def test_the_histogram_reads_quantized_weights(mlp) -> None:
+    rerun = Rerun(mlp, tag="cell-3")
+    result = rerun("clip amount=0.5\nquantize int8 backend=torch")
+    board = PruneDashboard(result, "mlp", rerun)
+    assert board.layer.options and board.histogram.value  # dequantized int8 weights, drawn
+    assert "quantized" in board.summary.value

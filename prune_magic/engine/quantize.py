@@ -87,23 +87,25 @@ def state_dict_bytes(model: nn.Module) -> int:
 @contextmanager
 def _quiet() -> Any:
     """torch.ao warns that it is deprecated and torchao logs the kernels it could not load."""
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _torchao(model: nn.Module, names: tuple[str, ...], records: list[Record]) -> str:
     with _quiet():
         try:
-            import torchao  # type: ignore[import-not-found, unused-ignore]
-            from torchao.quantization import (  # type: ignore[import-not-found, unused-ignore]
+            import torchao  # type: ignore[import-not-found, import-untyped, unused-ignore]
+            from torchao.quantization import (  # type: ignore[import-not-found, import-untyped, unused-ignore]
                 Int8DynamicActivationInt8WeightConfig,
                 quantize_,
             )

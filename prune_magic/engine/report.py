@@ -149,7 +149,7 @@ def report(model: nn.Module, example_input: object = None, names: Sequence[str] 
     modules = dict(model.named_modules())
     rows = []
     with torch.no_grad():
-        for name, param in _weights(model):
+        for name, param in weights(model):
             if names is not None and name not in names:
                 continue
             owner, _, attr = name.rpartition(".")
@@ -175,8 +175,11 @@ def report(model: nn.Module, example_input: object = None, names: Sequence[str] 
     return Report(tuple(rows), total_macs)
 
 
-def _weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Parameters by name, and the weights and biases of torch.ao's quantized modules (not parameters)."""
+def weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Parameters by name, and the weights and biases of torch.ao's quantized modules (not parameters).
+
+    Quantized tensors come as they are (``tensor.dequantize()`` gives floats).
+    """
     yield from model.named_parameters()  # each shared (tied) parameter once
     for owner, module in model.named_modules():
         prefix = f"{owner}." if owner else ""

@@ -50,7 +50,7 @@ BATCH_SIZE = 64  # for (X, y) pairs; a DataLoader brings its own batches
 class Point:
     """A point of a training curve: after an epoch, or after a step of a gradual schedule."""
 
-    label: str  # "epoch 2/3", "step 1/4"
+    label: str  # "before training", "epoch 2/3", "step 1/4"
     sparsity: float  # of the step's weights (clip steps) or of every Linear/Conv weight
     metric: Metric | None  # the eval function's value, when one was given
     loss: float | None  # mean training loss of the last epoch
@@ -175,6 +175,8 @@ def _epochs(
     total = _length(training.data)
     started = time.perf_counter()
     points = []
+    if training.evaluate is not None and not label:  # where training starts from: the cut's cost
+        points.append(Point("before training", masks.sparsity, training.evaluate(model), None, 0.0))
     done = 0
     device = _device(model)
     forked = [device.index or 0] if device.type == "cuda" else []

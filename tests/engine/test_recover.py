@@ -94,7 +94,7 @@ def test_clipped_weights_stay_zero_while_training(model: Digits, train, accuracy
     result = pm.prune(model, recipe, train=train, evaluate=accuracy)
     assert all(torch.equal(zeros_of(model)[n] | held[n], zeros_of(model)[n]) for n in held)  # still zero
     assert not same_bits(model, before)  # and the others trained
-    assert len(result.steps[0].curve) == int(recipe.split("epochs=")[1][0])
+    assert len(result.steps[0].curve) == int(recipe.split("epochs=")[1][0]) + 1  # and where it started
     assert all(p.sparsity == pytest.approx(0.9, abs=1e-4) for p in result.steps[0].curve)
     pm.undo(model)
     assert same_bits(model, before)
@@ -111,11 +111,12 @@ def test_finetune_recovers_and_reports_each_epoch(model: Digits, train, accuracy
     )
     cut = pm.prune(copy.deepcopy(model), "clip amount=0", evaluate=accuracy)  # nothing more: just measures
     curve = result.steps[1].curve
-    assert [p.label for p in curve] == ["epoch 1/2", "epoch 2/2"]
+    assert [p.label for p in curve] == ["before training", "epoch 1/2", "epoch 2/2"]
+    assert curve[0].metric < curve[-1].metric  # the cut's cost, then what training won back
     assert curve[-1].metric == result.metric_after == cut.metric_after
-    assert [p.point for p in seen if p.point is not None] == list(curve)
+    assert [p.point for p in seen if p.point is not None] == list(curve[1:])
     assert seen[-1].done == seen[-1].total == 2 * -(-len(train[0]) // 64)
-    assert "finetune epochs=2: 2 epochs, metric after each" in str(result)
+    assert "finetune epochs=2: 2 epochs; metric 0.8022 before training, then" in str(result)
 
 
 def test_training_is_seeded_and_leaves_the_users_random_state(model: Digits, train) -> None:  # type: ignore[no-untyped-def]
