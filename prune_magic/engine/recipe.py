@@ -110,9 +110,9 @@ SCHEMAS: Mapping[str, StepSchema] = {
         help="train the pruned model to match its unpruned self (knowledge distillation, Hinton et al. 2015)",
         options={
             "epochs": Option("count", "passes over the training data"),
-            "temperature": Option("positive", "softens both models' logits (default 4)"),
+            "temperature": Option("positive", "softens both models' logits (default 2)"),
             "alpha": Option(
-                "nonnegative", "weight of the hard-label loss beside the distillation loss (default 0.5)"
+                "nonnegative", "weight of the hard-label loss beside the distillation loss (default 1)"
             ),
             **_TRAIN,
         },

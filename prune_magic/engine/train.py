@@ -41,8 +41,8 @@ Metric = float | dict[str, float]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 LR = 1e-3
-TEMPERATURE = 4.0
-ALPHA = 0.5
+TEMPERATURE = 2.0
+ALPHA = 1.0
 BATCH_SIZE = 64  # for (X, y) pairs; a DataLoader brings its own batches
 
 

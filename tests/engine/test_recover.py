@@ -138,7 +138,7 @@ def test_distillation_beats_no_recovery_at_90_percent(model: Digits, train, accu
     distilled = pm.prune(
         twin, "clip amount=0.9 scope=global\ndistill epochs=2", train=train, evaluate=accuracy
     ).metric_after
-    # measured with seed 0: 0.802 without recovery, 0.902 after 2 epochs of distillation
+    # measured with seed 0: 0.802 without recovery, 0.916 after 2 epochs of distillation (T=2, alpha=1)
     assert isinstance(none, float) and isinstance(distilled, float)
     assert distilled >= none + 0.05
 
