@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/sensitivity.py [--repeat 1] [--size 64]
+    .venv/bin/python benchmarks/sensitivity.py [--repeat 2] [--cnn-repeat 6] [--size 64] [--threads 1] [--breakdown]
 
 Two models are built here from a fixed seed (nothing is downloaded): a small CNN (three
 Conv+BN+ReLU layers of 32-64 channels on 1x28x28 inputs, a Linear head to 10 classes) and a
@@ -16,18 +16,21 @@ instead of staying at the share of one dominant class.
 
 The metric is the top-1 agreement with the dense model's own predictions on 256 fixed random
 samples (a list of 8 batches of 32, fed in the same order every time). Levels 0.1, 0.3, 0.5,
-0.7, 0.9, step ``clip``, every Conv/Linear layer. For each model it measures:
+0.7, 0.9, step ``clip``, every Conv/Linear layer. For each model it measures, ``--repeat`` times (``--cnn-repeat`` for the CNN)
+with the two methods taking turns (so a change of load hits both), the best time kept:
 
-1. ``pm.sensitivity`` with default settings (replay of the outputs before the pruned layer,
-   early stop below half the baseline, baseline once, in place);
-2. the naive loop: the baseline once, then for every layer and level ``copy.deepcopy(model)``,
+1. the naive loop: the baseline once, then for every layer and level ``copy.deepcopy(model)``,
    ``pm.prune(copy, "clip amount=<level> layers=<layer>", report=False)`` and one evaluation;
-3. that both give the same metric at every point ``pm.sensitivity`` measured (points skipped
-   by the early stop are counted);
-4. where the speedup comes from: ``pm.sensitivity`` again with ``stop_below=-1`` (no early
-   stop), and with ``stop_below=-1`` and the replay switched off (the engine's ``_Prefix``
-   patched to ``_NoPrefix`` with ``unittest.mock``; the library is not changed). Per layer,
-   the seconds of each, taken from the ``progress`` callback.
+2. ``pm.sensitivity`` with default settings (replay of the outputs before the pruned layer,
+   recorded during the baseline; early stop below half the baseline; in place);
+3. that both give the same metric at every point ``pm.sensitivity`` measured, in every run
+   (points skipped by the early stop are counted), and that the model is bit-identical after.
+
+With ``--breakdown``, once more each: ``pm.sensitivity`` with ``stop_below=-1`` (no early stop),
+and with ``stop_below=-1`` and the replay switched off (the engine's ``_Prefix`` patched to
+``_NoPrefix`` with ``unittest.mock``; the library is not changed). The last table has both
+models: every run's time, the ratio of the best times, whether all points are equal, the
+torch thread count and the worst 1-minute load average seen after a round.
 
 Torch threads are set from ``--threads`` here (the library never sets them).
 """
@@ -258,7 +261,23 @@ def same_state(model: nn.Module, pristine: dict[str, torch.Tensor]) -> bool:
     )
 
 
-def bench(title: str, model: nn.Module, x: torch.Tensor, repeat: int, missed: list[str]) -> None:
+@dataclass
+class Summary:
+    """One model's line in the final table."""
+
+    title: str
+    naive_s: list[float]
+    default_s: list[float]
+    equal: bool
+    compared: int
+    skipped: int
+    restored: bool
+    load: float
+
+
+def bench(
+    title: str, model: nn.Module, x: torch.Tensor, repeat: int, breakdown: bool, missed: list[str]
+) -> Summary:
     batches = list(x.split(BATCH))
     calibrate(model, batches)
     centre_head(model, batches)
@@ -283,28 +302,33 @@ def bench(title: str, model: nn.Module, x: torch.Tensor, repeat: int, missed: li
     sys.stdout.flush()
     pristine = {k: v.clone() for k, v in model.state_dict().items()}
 
-    runs: dict[str, list[Run]] = {k: [] for k in ("naive", "noreplay", "nostop", "default")}
+    runs: dict[str, list[Run]] = {k: [] for k in ("naive", "default", "noreplay", "nostop")}
     restored = True
-    for _ in range(repeat):  # the methods interleaved, so load changes hit all alike
+    loads: list[float] = []
+    for i in range(repeat):  # the methods take turns, so load changes hit all alike
         runs["naive"].append(naive(model, evaluate, names))
-        runs["noreplay"].append(swept("noreplay", model, evaluate, replay=False, stop_below=-1))
-        restored &= same_state(model, pristine)
-        runs["nostop"].append(swept("nostop", model, evaluate, stop_below=-1))
-        restored &= same_state(model, pristine)
         runs["default"].append(swept("default", model, evaluate))
         restored &= same_state(model, pristine)
+        if breakdown and i == 0:
+            runs["noreplay"].append(swept("noreplay", model, evaluate, replay=False, stop_below=-1))
+            restored &= same_state(model, pristine)
+            runs["nostop"].append(swept("nostop", model, evaluate, stop_below=-1))
+            restored &= same_state(model, pristine)
+        loads.append(load())
         print(
             "  times (s): "
-            + ", ".join(f"{k} {v[-1].seconds:.1f}" for k, v in runs.items())
-            + f"; load {load():.2f}"
+            + ", ".join(f"{k} {v[-1].seconds:.1f}" for k, v in runs.items() if v)
+            + f"; load {loads[-1]:.2f}"
         )
         sys.stdout.flush()
-    nv, nr, ns, df = (best(runs[k]) for k in ("naive", "noreplay", "nostop", "default"))
+    nv, df = best(runs["naive"]), best(runs["default"])
 
     print("\npm.sensitivity, default settings (the library's own summary; '-': skipped by the early stop):")
     print(df.result)
 
-    checks = {k: compare(best(runs[k]), nv) for k in ("default", "nostop", "noreplay")}
+    kinds = [k for k in ("default", "nostop", "noreplay") if runs[k]]
+    checks = {k: compare(best(runs[k]), nv) for k in kinds}
+    every = {k: [compare(r, n) for r, n in zip(runs[k], runs["naive"], strict=False)] for k in kinds}
     stops = {k: r.stopped for k in checks for r in runs[k] if r.stopped}
     for k, why in stops.items():
         print(f"  STOPPED ({k}): pm.sensitivity ended before the last point: {why}")
@@ -321,11 +345,9 @@ def bench(title: str, model: nn.Module, x: torch.Tensor, repeat: int, missed: li
             text += f", {c.skipped} not measured ({'the sweep stopped' if stops.get(k) else 'early stop'})"
         return text
 
-    for k, c in checks.items():
-        if c.mismatches:
-            missed.append(
-                f"{title}: {k} sweep differs from the naive loop at {len(c.mismatches)} points (a bug)"
-            )
+    for k, cs in every.items():
+        if any(c.mismatches for c in cs):
+            missed.append(f"{title}: the {k} sweep differs from the naive loop (a bug)")
     copy_s = nv.extra["copy_prune_s"]
     rows = [
         ["method", "wall (s)", "evaluations", "speedup vs naive", "same metric as naive", "goal / notes"],
@@ -337,22 +359,28 @@ def bench(title: str, model: nn.Module, x: torch.Tensor, repeat: int, missed: li
             "-",
             f"baseline once; deepcopy + prune {copy_s:.2f} s of it",
         ],
-        [
-            "pm.sensitivity, no replay, stop_below=-1",
-            f"{nr.seconds:.2f}",
-            str(nr.evaluations),
-            f"{nv.seconds / nr.seconds:.2f}",
-            agree("noreplay"),
-            "in place only (_Prefix -> _NoPrefix)",
-        ],
-        [
-            "pm.sensitivity, stop_below=-1",
-            f"{ns.seconds:.2f}",
-            str(ns.evaluations),
-            f"{nv.seconds / ns.seconds:.2f}",
-            agree("nostop"),
-            "in place + replay",
-        ],
+    ]
+    if breakdown:
+        nr, ns = runs["noreplay"][0], runs["nostop"][0]
+        rows += [
+            [
+                "pm.sensitivity, no replay, stop_below=-1",
+                f"{nr.seconds:.2f}",
+                str(nr.evaluations),
+                f"{nv.seconds / nr.seconds:.2f}",
+                agree("noreplay"),
+                "in place only (_Prefix -> _NoPrefix); run once",
+            ],
+            [
+                "pm.sensitivity, stop_below=-1",
+                f"{ns.seconds:.2f}",
+                str(ns.evaluations),
+                f"{nv.seconds / ns.seconds:.2f}",
+                agree("nostop"),
+                "in place + replay; run once",
+            ],
+        ]
+    rows.append(
         [
             "pm.sensitivity (defaults)",
             f"{df.seconds:.2f}",
@@ -360,102 +388,56 @@ def bench(title: str, model: nn.Module, x: torch.Tensor, repeat: int, missed: li
             f"{speedup:.2f}",
             agree("default"),
             goal + "; in place + replay + early stop",
-        ],
-    ]
+        ]
+    )
     print(
-        f"\nwall time, best of {repeat}; model put back bit-exactly after every sweep: {'yes' if restored else 'NO'}"
+        f"\nwall time, best of {repeat} (naive and defaults take turns); "
+        f"model put back bit-exactly after every sweep: {'yes' if restored else 'NO'}"
     )
     print(table(rows, right={1, 2, 3}))
     if not restored:
         missed.append(f"{title}: the model was not put back bit-exactly")
-
-    if any(c.mismatches for c in checks.values()):
-        print(
-            f"  mismatches, per layer: 'level: pm.sensitivity vs naive', as agreeing samples of {SAMPLES} "
-            "(the metric is exactly that fraction)"
-        )
     for k, c in checks.items():
-        same = [
-            m for m in c.mismatches if k == "default" and ns.curves[m[0]][LEVELS.index(m[1])] == m[2]
-        ]  # the defaults' wrong values, where the stop_below=-1 sweep gave the same
-        if same:
-            print(
-                f"  MISMATCH ({k}): {len(same)} points, each the same wrong value as the stop_below=-1 sweep "
-                f"gave (listed below) in layers {', '.join(dict.fromkeys(m[0] for m in same))}"
-            )
-        by_layer: dict[str, list[str]] = {}
         for name, level, mine, theirs in c.mismatches:
-            if (name, level, mine, theirs) not in same:
-                by_layer.setdefault(name, []).append(f"{level:g}: {hits(mine)} vs {hits(theirs)}")
-        for name, cells in by_layer.items():
-            print(f"  MISMATCH ({k}) {name}: " + "; ".join(cells))
+            print(f"  MISMATCH ({k}) {name} {level:g}: {hits(mine)} vs {hits(theirs)}")
 
-    skipped = len(names) * len(LEVELS) - (df.evaluations - 1)
-    limit = nv.baseline / 2  # what the early stop would skip with the naive loop's (right) metrics
-    right = 0
-    for metrics in nv.curves.values():
-        for metric in metrics:
-            right += 1
-            if metric is not None and metric < limit:
-                break
-    right_skipped = len(names) * len(LEVELS) - right
-    per_eval = nr.seconds / nr.evaluations
-    breakdown = [
-        ["trick", "from -> to", "saved (s)", "factor", "notes"],
-        [
-            "in place (prune + restore, no deepcopy)",
-            f"{nv.seconds:.2f} -> {nr.seconds:.2f}",
-            f"{nv.seconds - nr.seconds:.2f}",
-            f"{nv.seconds / nr.seconds:.2f}x",
-            f"deepcopy + pm.prune took {copy_s:.2f} s in the naive loop ({copy_s / nv.seconds:.0%})",
-        ],
-        [
-            "baseline measured once",
-            "-",
-            "0.00",
-            "1.00x",
-            f"the naive loop here measures it once too; once per layer would cost {len(names) - 1} more "
-            f"evaluations (~{(len(names) - 1) * per_eval:.1f} s)",
-        ],
-        [
-            "replay of the outputs before the layer",
-            f"{nr.seconds:.2f} -> {ns.seconds:.2f}",
-            f"{nr.seconds - ns.seconds:.2f}",
-            f"{nr.seconds / ns.seconds:.2f}x",
-            "same evaluations, later levels run only the rest of the network",
-        ],
-        [
-            "early stop (below half the baseline)",
-            f"{ns.seconds:.2f} -> {df.seconds:.2f}",
-            f"{ns.seconds - df.seconds:.2f}",
-            f"{ns.seconds / df.seconds:.2f}x",
-            f"{skipped} of {len(names) * len(LEVELS)} points skipped ({ns.evaluations} -> {df.evaluations} evaluations); "
-            f"with the naive loop's metrics the same rule skips {right_skipped}",
-        ],
-        [
-            "all",
-            f"{nv.seconds:.2f} -> {df.seconds:.2f}",
-            f"{nv.seconds - df.seconds:.2f}",
-            f"{speedup:.2f}x",
-            "",
-        ],
-    ]
-    print("\nwhere the speedup comes from (each step against the one before)")
-    print(table(breakdown, right={2, 3}))
+    if breakdown:
+        nr, ns = runs["noreplay"][0], runs["nostop"][0]
+        skipped = len(names) * len(LEVELS) - (df.evaluations - 1)
+        breakdown_rows = [
+            ["trick", "from -> to", "saved (s)", "factor", "notes"],
+            [
+                "in place (prune + restore, no deepcopy)",
+                f"{nv.seconds:.2f} -> {nr.seconds:.2f}",
+                f"{nv.seconds - nr.seconds:.2f}",
+                f"{nv.seconds / nr.seconds:.2f}x",
+                f"deepcopy + pm.prune took {copy_s:.2f} s in the naive loop",
+            ],
+            [
+                "replay of the outputs before the layer",
+                f"{nr.seconds:.2f} -> {ns.seconds:.2f}",
+                f"{nr.seconds - ns.seconds:.2f}",
+                f"{nr.seconds / ns.seconds:.2f}x",
+                "recorded during the baseline: every level runs only the layer and what follows",
+            ],
+            [
+                "early stop (below half the baseline)",
+                f"{ns.seconds:.2f} -> {df.seconds:.2f}",
+                f"{ns.seconds - df.seconds:.2f}",
+                f"{ns.seconds / df.seconds:.2f}x",
+                f"{skipped} of {len(names) * len(LEVELS)} points skipped",
+            ],
+        ]
+        print("\nwhere the speedup comes from (each step against the one before; single runs, noisy)")
+        print(table(breakdown_rows, right={2, 3}))
 
-    per_layer = [
-        ["layer", "naive (s)", "no replay (s)", "replay (s)", "replay saves", "defaults (s)", "points"]
-    ]
+    per_layer = [["layer", "naive (s)", "defaults (s)", "points"]]
     for name in names:
-        a, b = nr.layer_seconds.get(name, nan), ns.layer_seconds.get(name, nan)
         measured = sum(v is not None for v in df.curves[name])
         per_layer.append(
             [
                 name,
                 f"{nv.layer_seconds[name]:.2f}",
-                f"{a:.2f}",
-                f"{b:.2f}",
-                f"{1 - b / a:.0%}",
                 f"{df.layer_seconds.get(name, nan):.2f}",
                 f"{measured}/{len(LEVELS)}",
             ]
@@ -463,6 +445,51 @@ def bench(title: str, model: nn.Module, x: torch.Tensor, repeat: int, missed: li
     print("\nper layer: seconds of its 5 points (defaults: of the points measured before the early stop)")
     print(table(per_layer))
     sys.stdout.flush()
+    total = checks["default"]
+    return Summary(
+        title.split(":")[0],
+        [r.seconds for r in runs["naive"]],
+        [r.seconds for r in runs["default"]],
+        not any(c.mismatches for c in every["default"]),
+        total.compared,
+        total.skipped,
+        restored,
+        max(loads),
+    )
+
+
+def summary(rows: list[Summary]) -> None:
+    """Both models in one table: the result the goal is about."""
+    out = [
+        [
+            "model",
+            "naive (s)",
+            "pm.sensitivity (s)",
+            "ratio",
+            f"goal >={SPEEDUP:g}x",
+            "points equal",
+            "restored",
+            "threads",
+            "load (1 min, worst)",
+        ]
+    ]
+    for r in rows:
+        ratio = min(r.naive_s) / min(r.default_s)
+        out.append(
+            [
+                r.title,
+                " / ".join(f"{v:.2f}" for v in r.naive_s),
+                " / ".join(f"{v:.2f}" for v in r.default_s),
+                f"{ratio:.2f}x",
+                "met" if ratio >= SPEEDUP else "MISSED",
+                f"{'yes' if r.equal else 'NO'} ({r.compared} compared, {r.skipped} early-stopped)",
+                "yes" if r.restored else "NO",
+                str(torch.get_num_threads()),
+                f"{r.load:.2f}",
+            ]
+        )
+    print("\nsummary: every run's wall time (runs take turns); ratio of the best times")
+    print(table(out, right={1, 2, 3, 7, 8}))
 
 
 def load() -> float:
@@ -471,9 +498,12 @@ def load() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each method; the best time is kept")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each method; the best time is kept")
     parser.add_argument("--size", type=int, default=64, help="ResNet-18 input height and width")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time no-replay and no-early-stop sweeps"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = header()
@@ -486,29 +516,37 @@ def main() -> None:
         "naive: copy.deepcopy(model) + pm.prune(copy, 'clip amount=<level> layers=<layer>', report=False) per point"
     )
     missed: list[str] = []
+    rows: list[Summary] = []
 
     torch.manual_seed(0)
     cnn = SmallCNN()
     x = torch.randn(SAMPLES, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    bench(
-        "small CNN: 3x (Conv 3x3 + BN + ReLU), 32-64-64 channels, Linear 3136->10",
-        cnn,
-        x,
-        args.repeat,
-        missed,
+    rows.append(
+        bench(
+            "small CNN: 3x (Conv 3x3 + BN + ReLU), 32-64-64 channels, Linear 3136->10",
+            cnn,
+            x,
+            args.cnn_repeat,
+            args.breakdown,
+            missed,
+        )
     )
 
     torch.manual_seed(0)
     resnet = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=10)
     x = torch.randn(SAMPLES, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
-    bench(
-        "ResNet-18: BasicBlock [2, 2, 2, 2], widths 64-128-256-512, fc 512->10",
-        resnet,
-        x,
-        args.repeat,
-        missed,
+    rows.append(
+        bench(
+            "ResNet-18: BasicBlock [2, 2, 2, 2], widths 64-128-256-512, fc 512->10",
+            resnet,
+            x,
+            args.repeat,
+            args.breakdown,
+            missed,
+        )
     )
 
+    summary(rows)
     footer(started, missed)
 
 
