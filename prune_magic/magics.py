@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import re
 import sys
 import time
@@ -467,23 +468,20 @@ class _TrainingProgress:
             print(f"\r{text}".ljust(100), end="", flush=True)
             self.printed = True
             return
-        from IPython.display import HTML
-
         total = progress.total or progress.done
-        bar = HTML(f"<progress value='{progress.done}' max='{total}'></progress> <code>{text}</code>")
+        html_ = f"<progress value='{progress.done}' max='{total}'></progress> <code>{html.escape(text)}</code>"
+        bar = {"text/html": html_, "text/plain": text}
         if self.handle is None:
-            self.handle = display(bar, display_id=True)
+            self.handle = display(bar, raw=True, display_id=True)
         else:
-            self.handle.update(bar)
+            self.handle.update(bar, raw=True)
 
     def close(self) -> None:
         """Take the bar away: the result shows the whole curve."""
         if self.printed:
             print()
         if self.handle is not None:
-            from IPython.display import HTML
-
-            self.handle.update(HTML(""))
+            self.handle.update({"text/plain": "", "text/html": ""}, raw=True)
 
 
 def _histograms(model: Any) -> dict[str, Any]:

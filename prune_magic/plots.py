@@ -144,7 +144,6 @@ def training_chart(result: PruneResult) -> Figure:
     ax.plot(xs, values, marker="o", markersize=4, color=KEPT, label=result.metric_name if metric else "loss")
     if before:
         ax.axhline(before[0][1], color="black", linewidth=0.8, linestyle="--", label="before the cell")
-        ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(result.metric_name if metric else "training loss")
     ax.grid(alpha=0.3)
@@ -152,9 +151,18 @@ def training_chart(result: PruneResult) -> Figure:
     if len(set(sparsity)) > 1:  # a gradual schedule: sparsity climbs step by step
         twin = ax.twinx()
         offset = len(values) - len(points)
-        twin.step(range(offset, len(values)), [100 * s for s in sparsity], where="mid", color=REMOVED)
+        twin.plot(
+            range(offset, len(values)), [100 * s for s in sparsity], marker="s", markersize=3,
+            linestyle=":", color=REMOVED, label="sparsity (right axis)",
+        )  # fmt: skip
         twin.set_ylabel("sparsity (%)", color=REMOVED)
         twin.set_ylim(0, 100)
+        ax.set_zorder(twin.get_zorder() + 1)  # the legend and the metric above the sparsity line
+        ax.patch.set_visible(False)
+        lines = ax.get_lines() + twin.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")
+    else:
+        ax.legend(fontsize=7, loc="best")
     kinds = ", ".join(dict.fromkeys(s.step.kind if s.step.kind != "clip" else "gradual clip" for s in steps))
     what = result.metric_name if metric else "training loss"
     ax.set_title(
