@@ -32,6 +32,17 @@ _JSON = (int, float, bool, str, type(None))
 
 def save(model: nn.Module, path: str | IO[bytes]) -> None:
     """Write ``model``'s state dict and the shapes of its layers (see :func:`load`)."""
+    quantized = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if (hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)))
+        or any(hasattr(p, "qdata") for p in module._parameters.values())
+    ]
+    if quantized:
+        raise PruneError(
+            f"pm.save writes float models and {', '.join(quantized[:3])} is int8-quantized: save before the"
+            " quantize step (pm.undo(model) takes it back), or torch.save(model) the quantized model whole"
+        )
     plan = {}
     for name, module in model.named_modules():
         tensors = {**module._parameters, **module._buffers}

@@ -320,7 +320,10 @@ def test_wanda_in_a_model_uses_the_input_norms_of_the_data(model: Digits, train)
 
 def test_wanda_on_a_conv_says_to_select_linear_layers(cnn) -> None:  # type: ignore[no-untyped-def]
     before = state(cnn)
-    with pytest.raises(PruneError, match=r"by=wanda prunes Linear weights only, not features.0.weight, features.3.weight \(select"):
+    with pytest.raises(
+        PruneError,
+        match=r"by=wanda prunes Linear weights only, not features.0.weight, features.3.weight \(select",
+    ):
         pm.prune(cnn, "clip amount=0.5 by=wanda", data=(torch.randn(4, 1, 8, 8), torch.zeros(4)))
     assert same_bits(cnn, before)
 
@@ -411,3 +414,21 @@ def test_an_eval_that_raises_during_training_rolls_back(model: Digits, train) ->
     with pytest.raises(pm.EvaluationError, match="flaky\\(model\\) raised RuntimeError: disk full"):
         pm.prune(model, "clip amount=0.9\nfinetune epochs=3", train=train, evaluate=flaky)
     assert same_bits(model, before)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        pytest.param("torchao", marks=pytest.mark.skipif(not HAS_TORCHAO, reason="torchao not installed")),
+    ],
+)
+def test_save_refuses_an_int8_model_and_says_what_to_do(model: Digits, tmp_path, backend: str) -> None:  # type: ignore[no-untyped-def]
+    pm.prune(model, f"quantize int8 backend={backend}")
+    with pytest.raises(
+        PruneError, match="pm.save writes float models and 0, 2, 4 is int8-quantized: save before"
+    ):
+        pm.save(model, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+    pm.undo(model)
+    pm.save(model, tmp_path / "model.pt")
