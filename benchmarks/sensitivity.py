@@ -502,6 +502,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="ResNet-18 input height and width")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--cnn-repeat", type=int, default=6, help="runs of each method on the small CNN (a sweep takes ~1 s)"
+    )
+    parser.add_argument(
         "--breakdown", action="store_true", help="also time no-replay and no-early-stop sweeps"
     )
     args = parser.parse_args()
