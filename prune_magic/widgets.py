@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import html
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,13 +212,78 @@ class SweepView:
         return bundle
 
 
+class _Worker:
+    """Runs a dashboard's actions one at a time on a thread of its own.
+
+    The kernel stays free to handle the next widget message while the model is re-pruned
+    and re-evaluated, and moves are debounced: a slider move replaces a move still waiting,
+    so dragging through ten values costs at most two re-applies, not ten. A cell waits
+    for the worker before it runs (:func:`wait_for_updates`), so code never sees a model
+    in the middle of an update.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[tuple[str, Callable[[], None]]] = []
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        _WORKERS.add(self)
+
+    def submit(self, kind: str, task: Callable[[], None]) -> None:
+        """Queue ``task``; a waiting task of kind ``"update"`` is replaced by a newer one."""
+        with self._lock:
+            if kind == "update":
+                self._queue = [(k, t) for k, t in self._queue if k != "update"]
+            self._queue.append((kind, task))
+            if self._thread is None:
+                self._idle.clear()
+                self._thread = threading.Thread(target=self._run, name="prune-magic-dashboard", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._thread = None
+                    self._idle.set()
+                    return
+                _, task = self._queue.pop(0)
+            task()
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+    @property
+    def waiting(self) -> int:
+        """Actions queued behind the one running."""
+        with self._lock:
+            return len(self._queue)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every queued action has run; False if ``timeout`` passed first."""
+        return self._idle.wait(timeout)
+
+
+_WORKERS: weakref.WeakSet[_Worker] = weakref.WeakSet()
+
+
+def wait_for_updates(timeout: float | None = None) -> None:
+    """Wait until no dashboard is re-pruning a model (called before every cell runs)."""
+    for worker in list(_WORKERS):
+        worker.wait(timeout)
+
+
 class PruneDashboard:
     """The live view of a ``%%prune`` cell: sliders re-apply its recipe, buttons undo.
 
     Moving a slider re-applies the cell's recipe with the new value from the model's state
     before the cell (the engine's tagged steps: the cell's previous run is undone first, in
     one transaction), evaluates, and redraws. If anything fails, the model stays at the
-    last good state and the error shows in the dashboard. Sliders update on release.
+    last good state and the error shows in the dashboard. Sliders update on release; the
+    work runs on a thread of the dashboard's own (see :class:`_Worker`), "updating…" shows
+    meanwhile, and :meth:`wait` blocks until it is done.
     """
 
     def __init__(
@@ -231,6 +299,7 @@ class PruneDashboard:
 
         self.start = start or {}
         self.name, self.rerun, self.charts = name, rerun, charts
+        self.worker = _Worker()
         self.view = PruneView(result, name, charts)
         self.recipe = result.recipe
         self.tried: list[tuple[float, float]] = []  # (slider value, metric) of the points tried
@@ -264,11 +333,11 @@ class PruneDashboard:
         self.layer.add_class("prune-magic-layer")
         self.histogram = w.Image(format="png")
         self.histogram.add_class("prune-magic-histogram")
-        self.layer.observe(lambda _: self._draw_histogram(), "value")
+        self.layer.observe(lambda _: self.worker.submit("draw", self._draw_histogram), "value")
         self.undo_button = w.Button(description="Undo", icon="undo")
         self.reset_button = w.Button(description="Reset", icon="refresh")
-        self.undo_button.on_click(lambda _: self._history("undo"))
-        self.reset_button.on_click(lambda _: self._history("reset"))
+        self.undo_button.on_click(lambda _: self._queue("history", lambda: self._history("undo")))
+        self.reset_button.on_click(lambda _: self._queue("history", lambda: self._history("reset")))
         for widget, name_ in (
             (self.summary, "summary"),
             (self.image, "chart"),
@@ -282,25 +351,39 @@ class PruneDashboard:
         )  # fmt: skip
         self._show(result)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the queued slider moves and clicks have been applied."""
+        return self.worker.wait(timeout)
+
+    def _queue(self, kind: str, task: Callable[[], None]) -> None:
+        self.status.value = "<i>updating…</i>"
+        self.worker.submit(kind, task)
+
     def _moved(self, index: int, option: str) -> Any:
         def changed(change: dict[str, Any]) -> None:
-            steps = list(self.recipe.steps)
-            steps[index] = steps[index].replace(**{option: float(change["new"])})
-            self._busy(True)
-            try:
-                result = self.rerun("\n".join(str(s) for s in steps))
-            except Exception as exc:  # the engine rolled back: the model is at the last good state
-                self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
-                return
-            finally:
-                self._busy(False)
-            self.recipe = result.recipe
-            metric = _first_metric(result)
-            if metric is not None:
-                self.tried.append((float(change["new"]), metric))
-            self._show(result)
+            self._queue("update", lambda: self._update((index, option)))
 
         return changed
+
+    def _update(self, moved: tuple[int, str]) -> None:
+        """Apply the recipe with every slider's current value (the latest move wins)."""
+        steps = list(self.recipe.steps)
+        values = {key: float(slider.value) for key, slider in self.sliders.items()}
+        for (index, option), value in values.items():
+            steps[index] = steps[index].replace(**{option: value})
+        self._busy(True)
+        try:
+            result = self.rerun("\n".join(str(s) for s in steps))
+        except Exception as exc:  # the engine rolled back: the model is at the last good state
+            self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+            return
+        finally:
+            self._busy(False)
+        self.recipe = result.recipe
+        metric = _first_metric(result)
+        if metric is not None:
+            self.tried.append((values[moved], metric))
+        self._show(result)
 
     def _history(self, verb: str) -> None:
         from . import engine
@@ -330,9 +413,10 @@ class PruneDashboard:
         self.status.value = f"<i>updating… {html.escape(_progress_text(progress))}</i>"
 
     def _busy(self, busy: bool) -> None:
-        for widget in (*self.sliders.values(), self.undo_button, self.reset_button):
+        # the sliders stay live (a move while busy is queued, and replaces one still waiting)
+        for widget in (self.undo_button, self.reset_button):
             widget.disabled = busy
-        if busy:
+        if busy or self.worker.waiting:
             self.status.value = "<i>updating…</i>"
         elif self.status.value.startswith("<i>updating…"):
             self.status.value = ""

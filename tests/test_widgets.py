@@ -40,12 +40,14 @@ def test_moving_the_slider_reapplies_the_recipe_from_the_cells_start(dashboard) 
     chart, summary = board.image.value, board.summary.value
     slider = board.sliders[0, "amount"]
     slider.value = 0.9
+    board.wait()
     assert zeros(model) == round(0.9 * total)
     assert len(pm.history(model)) == 1  # replaced, not compounded
     assert "clip amount=0.9 scope=global" in board.summary.value and board.summary.value != summary
     assert board.image.value != chart
     assert "clip amount=0.9 scope=global" in board.line.value
     slider.value = 0.2
+    board.wait()
     assert zeros(model) == round(0.2 * total)  # lower than before: the cell starts from the dense model
     assert [v for v, _ in board.tried] == [0.9, 0.2]
     assert (
@@ -59,6 +61,7 @@ def test_an_eval_that_raises_shows_in_the_dashboard_and_keeps_the_last_good_mode
     good = state(model)
     calls["fail"] = True
     board.sliders[0, "amount"].value = 0.95
+    board.wait()
     assert "eval broke" in board.status.value
     assert same_bits(model, good)
     assert not board.sliders[0, "amount"].disabled
@@ -67,9 +70,12 @@ def test_an_eval_that_raises_shows_in_the_dashboard_and_keeps_the_last_good_mode
 def test_undo_and_reset_buttons(dashboard, mlp) -> None:
     board, model, _ = dashboard
     board.undo_button.click()
+    board.wait()
     assert zeros(model) == 0 and "undid &#x27;clip amount=0.5 scope=global&#x27;" in board.status.value
     board.sliders[0, "amount"].value = 0.7
+    board.wait()
     board.reset_button.click()
+    board.wait()
     assert zeros(model) == 0 and "reset: undid 1 step(s)" in board.status.value
 
 
@@ -84,6 +90,7 @@ def test_threshold_and_sigma_get_sliders_too(mlp) -> None:
     board = PruneDashboard(rerun("clip threshold=0.02\nclip sigma=0.5 layers=out"), "mlp", rerun)
     assert set(board.sliders) == {(0, "threshold"), (1, "sigma")}
     board.sliders[1, "sigma"].value = 1.0
+    board.wait()
     assert str(board.recipe).splitlines()[1] == "clip sigma=1 layers=out"
 
 
@@ -92,9 +99,11 @@ def test_the_histogram_follows_the_chosen_layer_and_the_cut(dashboard) -> None:
     assert board.layer.options == ("fc1.weight", "fc2.weight", "out.weight")
     first = board.histogram.value
     board.layer.value = "fc2.weight"
+    board.wait()
     assert board.histogram.value != first
     drawn = board.histogram.value
     board.sliders[0, "amount"].value = 0.9
+    board.wait()
     assert board.histogram.value != drawn  # redrawn after the re-run
 
 
@@ -157,6 +166,7 @@ def test_a_slider_move_evaluates_once(dashboard) -> None:
     board, _, calls = dashboard
     before = calls["n"]
     board.sliders[0, "amount"].value = 0.8
+    board.wait()
     assert calls["n"] == before + 1  # the start state's metric is reused
     assert board.view.result.metric_before == 1.0
 
@@ -167,9 +177,11 @@ def test_a_structured_recipe_gets_a_slider_that_reshapes_the_model(cnn) -> None:
     board = PruneDashboard(rerun("structured amount=0.5"), "cnn", rerun)
     assert cnn.features[0].out_channels == 4
     board.sliders[0, "amount"].value = 0.25
+    board.wait()
     assert cnn.features[0].out_channels == 6 and len(pm.history(cnn)) == 1
     assert "alt='width per layer'" in board.view._repr_html_()
     board.reset_button.click()
+    board.wait()
     assert cnn.features[0].out_channels == 8
 
 
@@ -194,6 +206,7 @@ def test_a_training_recipe_shows_its_recovery_curve_and_progress(mlp) -> None:
     statuses = []
     board.status.observe(lambda change: statuses.append(change["new"]), "value")
     board.sliders[0, "amount"].value = 0.6
+    board.wait()
     assert any("finetune epochs=2:" in s and "batches" in s for s in statuses)  # progress while training
     assert board.training.value != first
     assert "updating" not in board.status.value
@@ -206,3 +219,78 @@ def test_the_histogram_reads_quantized_weights(mlp) -> None:
     board = PruneDashboard(result, "mlp", rerun)
     assert board.layer.options and board.histogram.value  # dequantized int8 weights, drawn
     assert "quantized" in board.summary.value
+
+
+def test_moves_run_off_the_kernels_thread_and_the_latest_move_wins(mlp) -> None:
+    import threading
+
+    x = torch.randn(64, 64)
+    release, started = threading.Event(), threading.Event()
+
+    def slow(model):
+        started.set()
+        release.wait(10)
+        return float((model(x) != 0).float().mean())
+
+    rerun = Rerun(mlp, slow, tag="cell-4")
+    release.set()
+    board = PruneDashboard(rerun("clip amount=0.5 scope=global"), "mlp", rerun)
+    applied: list[str] = []
+    original = rerun.__call__
+
+    class Counting(Rerun):
+        def __call__(self, recipe, dry_run=False):  # type: ignore[no-untyped-def]
+            applied.append(recipe)
+            return original(recipe, dry_run)
+
+    board.rerun = Counting(mlp, slow, tag="cell-4")
+    release.clear()
+    started.clear()
+    slider = board.sliders[0, "amount"]
+    slider.value = 0.6  # returns at once: the work is on the dashboard's thread
+    assert started.wait(10) and board.worker.busy and "updating" in board.status.value
+    for value in (0.7, 0.8, 0.9):  # moved again while busy: queued, each replacing the last
+        slider.value = value
+    assert board.worker.waiting == 1
+    release.set()
+    assert board.wait(30)
+    assert [r.split()[1] for r in applied] == ["amount=0.6", "amount=0.9"]
+    seen = [v for v, _ in board.tried]
+    assert seen == [0.6, 0.9]
+    assert zeros(mlp) == round(0.9 * sum(t.param.numel() for t in pm.select(mlp)))
+    assert "updating" not in board.status.value
+
+
+def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
+    import threading
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from prune_magic import widgets
+
+    release = threading.Event()
+
+    def slow(model):
+        release.wait(10)
+        return 1.0
+
+    rerun = Rerun(mlp, slow, tag="cell-5")
+    release.set()
+    board = PruneDashboard(rerun("clip amount=0.5 scope=global"), "mlp", rerun)
+    release.clear()
+    board.sliders[0, "amount"].value = 0.8
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "prune_magic")
+    try:
+        shell.user_ns["net"] = mlp
+        shell.run_cell(
+            "zeros_seen = sum(int((p == 0).sum()) for n, p in net.named_parameters() if n.endswith('weight'))"
+        )
+    finally:
+        shell.run_line_magic("unload_ext", "prune_magic")
+    assert (
+        shell.user_ns["zeros_seen"] == zeros(mlp) == round(0.8 * sum(t.param.numel() for t in pm.select(mlp)))
+    )
+    assert not board.worker.busy and widgets._WORKERS
