@@ -16,6 +16,12 @@ the garbage collector runs and ``malloc_trim`` hands freed heap pages back, so m
 an earlier call freed is not silently reused and missed.
 
 Torch threads are set from ``--threads`` here (the library never sets them).
+
+The undo record of a CPU clip is built by numba-compiled kernels when numba is installed
+(``pip install prune-magic[fast]``), else by numpy ones; ``PRUNE_MAGIC_NUMBA=0`` forces
+numpy. The header says which ran. The first call in a process pays numba's import and
+loading (or compiling) the kernels, about 0.5 s: the warm-up run on a tiny model takes it,
+so it is in no timed call (the tables keep the best of ``--repeat`` runs anyway).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import argparse
 import copy
 import ctypes
 import gc
+import importlib.metadata
 import itertools
+import os
 import re
 import sys
 import time
@@ -40,6 +48,7 @@ from common import arguments, footer, header, interleaved
 from torch import nn
 
 import prune_magic as pm
+from prune_magic.engine import _kernels
 from prune_magic.engine.magnitude import kth_key, shrink_value
 
 GLOBAL = "clip amount=0.9 scope=global"
@@ -553,8 +562,21 @@ def main() -> None:
         f"repeat {args.repeat} (best time; largest peak); torch methods once if the first run > {args.slow:g} s"
     )
     print("B/w = bytes per selected weight; peak extra = VmHWM during the call - VmRSS before it")
-    sys.stdout.flush()
+    started_warm = time.perf_counter()
     warm_up()
+    compiled = _kernels.kernels()
+    if compiled is None:
+        why = (
+            f"{_kernels.ENV}=0" if os.environ.get(_kernels.ENV, "").strip() == "0" else "numba not installed"
+        )
+        print(f"undo record kernels: numpy ({why})")
+    else:
+        version = importlib.metadata.version("numba")
+        print(
+            f"undo record kernels: numba {version} (warm-up incl. first-call import/compile:"
+            f" {time.perf_counter() - started_warm:.2f} s, untimed)"
+        )
+    sys.stdout.flush()
     missed: list[str] = []
     for size in sizes:
         missed += bench_size(size, args.repeat, args.slow, args.forward_budget)

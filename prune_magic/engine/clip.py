@@ -9,9 +9,12 @@ large. Here it is always the magnitude: a weight of -3.0 is kept by ``threshold=
   (``scope=layer``) or over all selected layers at once (``scope=global``). Ties at the
   cut are broken in selection order, then by position in the tensor.
 
-Zeroing is ``torch.hardshrink`` in place, one fused pass, whether or not an undo record
-is kept; with a record, each chunk's changed positions and old values are taken just
-before it is zeroed (numpy kernels on the CPU).
+Without an undo record, zeroing is ``torch.hardshrink`` in place, one fused pass. With
+one, on the CPU, two numba-compiled passes per tensor (``_kernels``: mark and count the
+changes into the packed mask, then copy the old values out to one exact-size array and
+zero) when numba is installed and not turned off (``PRUNE_MAGIC_NUMBA=0``); else numpy
+kernels take each chunk's changed positions and old values just before zeroing it. On
+other devices, torch ops do the same on the device.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _kernels
 from .magnitude import (
     chunk_size,
     chunks,
@@ -121,13 +125,68 @@ def _zero_below(
             ties -= hits.numel()
         return ties
     record = TensorRecord(target.name)
-    if on_numpy(param):
+    compiled = _kernels.kernels() if on_numpy(param) else None
+    if compiled is not None:
+        if where is None:
+            ties = _record_compiled(compiled, bits.numpy(), key, mask, size, record, ties, None)
+        else:  # the ties here are at ``where``; none are counted off the rest
+            _record_compiled(compiled, bits.numpy(), key, mask, size, record, 0, where)
+    elif on_numpy(param):
         ties = _record_numpy(flat, bits.numpy(), key, lambd, mask, size, record, ties, where)
     else:
         ties = _record_torch(flat, bits, key, lambd, mask, size, record, ties, where)
     if record.parts:
         records.append(record)
     return ties
+
+
+def _record_compiled(
+    compiled: _kernels.Kernels,
+    bits: np.ndarray[Any, Any],
+    key: int,
+    mask: int,
+    size: int,
+    record: TensorRecord,
+    ties: int,
+    where: torch.Tensor | None,
+) -> int:
+    """Zero a CPU tensor and record its changes with the compiled kernels.
+
+    One branch-free pass marks the changes in the packed mask (the record's, one array for
+    the tensor) and counts them; a second writes the old values to one array of exactly
+    that size (one element of slack) and zeroes them. The record's parts are views of the
+    two arrays, one per chunk (so an undo unpacks a chunk at a time). Returns how many
+    ``ties`` are left.
+    """
+    tied = _NO_POSITIONS if where is None else where.numpy()
+    n = bits.size
+    packed = np.empty(-(-n // 8), np.uint8)
+    count, left = compiled.mark(bits, key, mask, ties, tied, packed)
+    if not count:
+        return left
+    values = np.empty(count + 1, bits.dtype)
+    written = compiled.compact(bits, packed, values)
+    if written != count:  # cannot happen unless a kernel is broken; the weights are zeroed
+        raise RuntimeError(f"compiled clip kernels disagree: {written} values written, {count} marked")
+    # values per chunk, from the mask (with several chunks, ``size`` is a multiple of 64:
+    # each chunk packs into whole bytes)
+    step = size // 8
+    if n <= size:
+        ends = [count]
+    else:
+        per_chunk = np.add.reduceat(np.bitwise_count(packed), np.arange(0, packed.size, step), dtype=np.int64)
+        ends = np.cumsum(per_chunk).tolist()
+    done = 0
+    for c, end in enumerate(ends):
+        start = c * size
+        length = min(size, n - start)
+        part = torch.from_numpy(packed[c * step : c * step + -(-length // 8)])
+        record.add_packed(start, length, part, torch.from_numpy(values[done:end]))
+        done = end
+    return left
+
+
+_NO_POSITIONS = np.empty(0, np.int64)
 
 
 def _record_numpy(

@@ -8,7 +8,7 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import prune_magic as pm
-from prune_magic.engine import magnitude
+from prune_magic.engine import _kernels, magnitude
 from prune_magic.engine.magnitude import int_view, key_bits, select_cut
 from tests.conftest import same_bits, state
 
@@ -20,6 +20,30 @@ def kernels(request, monkeypatch) -> str:
     """Run with the numpy chunk kernels (the CPU default) and with the device (torch) ones."""
     monkeypatch.setattr(magnitude, "use_numpy", request.param == "numpy")
     return str(request.param)
+
+
+@pytest.fixture(params=["numba", "numpy", "torch"])
+def engines(request, monkeypatch):
+    """Clip with the compiled record kernels (numba), the numpy ones, or the device (torch) ones."""
+    if request.param == "numba" and not _kernels.installed():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(_kernels, "use_numba", request.param == "numba")
+    monkeypatch.setattr(magnitude, "use_numpy", request.param != "torch")
+    calls: list[int] = []
+    compact = _kernels.Kernels.compact
+
+    def spy(self, *args):
+        calls.append(1)
+        return compact(self, *args)
+
+    monkeypatch.setattr(_kernels.Kernels, "compact", spy)
+    return request.param, calls
+
+
+def check_engine(engines, undo: bool) -> None:
+    """The compiled kernels ran when they should (records kept on the CPU with numba), else never."""
+    name, calls = engines
+    assert bool(calls) == (name == "numba" and undo)
 
 
 @pytest.fixture
@@ -94,7 +118,7 @@ def test_too_many_ties_in_the_bracket_fall_back_to_the_exact_select(kernels, fal
 
 
 @pytest.mark.parametrize("undo", [True, False])
-def test_global_clip_of_a_large_model_matches_torch(kernels, undo: bool) -> None:
+def test_global_clip_of_a_large_model_matches_torch(engines, undo: bool) -> None:
     torch.manual_seed(3)
     ours = nn.Sequential(nn.Linear(300, 400), nn.Linear(400, 300), nn.Linear(300, 10))
     with torch.no_grad():  # ties at the cut, and weights that are zero already
@@ -121,10 +145,11 @@ def test_global_clip_of_a_large_model_matches_torch(kernels, undo: bool) -> None
     if undo:
         pm.reset(ours)
         assert same_bits(ours, before)
+    check_engine(engines, undo)
 
 
 @pytest.mark.parametrize("undo", [True, False])
-def test_ties_across_layers_go_in_selection_order_then_position(kernels, undo: bool) -> None:
+def test_ties_across_layers_go_in_selection_order_then_position(engines, undo: bool) -> None:
     model = nn.Sequential(nn.Linear(300, 300, bias=False), nn.Linear(300, 300, bias=False))
     with torch.no_grad():
         model[0].weight.fill_(-0.5)
@@ -138,6 +163,7 @@ def test_ties_across_layers_go_in_selection_order_then_position(kernels, undo: b
     if undo:
         pm.undo(model)
         assert (model[0].weight == -0.5).all() and int((model[1].weight == 0.5).sum()) == 89_999
+    check_engine(engines, undo)
 
 
 def test_chunks_and_scratch_scale_with_the_model() -> None:

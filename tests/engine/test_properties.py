@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import prune_magic as pm
+from prune_magic.engine import _kernels
 from prune_magic.engine.magnitude import pack_bits, unpack_bits
 from tests.conftest import same_bits, state
+
+#: The record kernels: compiled (numba; skipped when it is not installed) and numpy.
+ENGINES = [
+    pytest.param(True, id="numba", marks=pytest.mark.skipif(not _kernels.installed(), reason="no numba")),
+    pytest.param(False, id="numpy"),
+]
+
+
+@contextmanager
+def kernels(use_numba: bool) -> Iterator[None]:
+    """Switch the record kernels (not a monkeypatch fixture: hypothesis reruns the body)."""
+    saved, _kernels.use_numba = _kernels.use_numba, use_numba
+    try:
+        yield
+    finally:
+        _kernels.use_numba = saved
+
 
 shapes = st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=4)
 
@@ -25,6 +47,7 @@ def build(dims: list[tuple[int, int]], seed: int, duplicates: bool) -> nn.Module
     return model
 
 
+@pytest.mark.parametrize("use_numba", ENGINES)
 @settings(max_examples=60, deadline=None)
 @given(
     dims=shapes,
@@ -33,7 +56,14 @@ def build(dims: list[tuple[int, int]], seed: int, duplicates: bool) -> nn.Module
     scope=st.sampled_from(["layer", "global"]),
     duplicates=st.booleans(),
 )
-def test_amount_gives_the_exact_count_and_undo_is_bit_exact(dims, seed, amount, scope, duplicates) -> None:
+def test_amount_gives_the_exact_count_and_undo_is_bit_exact(
+    use_numba, dims, seed, amount, scope, duplicates
+) -> None:
+    with kernels(use_numba):
+        check_amount(dims, seed, amount, scope, duplicates)
+
+
+def check_amount(dims, seed, amount, scope, duplicates) -> None:
     model = build(dims, seed, duplicates)
     before = state(model)
     weights = [m.weight for m in model]
@@ -55,12 +85,14 @@ def test_amount_gives_the_exact_count_and_undo_is_bit_exact(dims, seed, amount, 
     assert same_bits(model, pruned)
 
 
+@pytest.mark.parametrize("use_numba", ENGINES)
 @settings(max_examples=40, deadline=None)
 @given(dims=shapes, seed=st.integers(0, 10_000), threshold=st.floats(0, 2), duplicates=st.booleans())
-def test_threshold_zeroes_exactly_the_small_magnitudes(dims, seed, threshold, duplicates) -> None:
+def test_threshold_zeroes_exactly_the_small_magnitudes(use_numba, dims, seed, threshold, duplicates) -> None:
     model = build(dims, seed, duplicates)
     before = [m.weight.detach().clone() for m in model]
-    pm.prune(model, f"clip threshold={threshold!r}")
+    with kernels(use_numba):
+        pm.prune(model, f"clip threshold={threshold!r}")
     for old, layer in zip(before, model):
         small = old.abs() < threshold
         assert (layer.weight[small] == 0).all()
