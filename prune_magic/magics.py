@@ -472,7 +472,9 @@ class _TrainingProgress:
             self.printed = True
             return
         total = progress.total or progress.done
-        html_ = f"<progress value='{progress.done}' max='{total}'></progress> <code>{html.escape(text)}</code>"
+        html_ = (
+            f"<progress value='{progress.done}' max='{total}'></progress> <code>{html.escape(text)}</code>"
+        )
         bar = {"text/html": html_, "text/plain": text}
         if self.handle is None:
             self.handle = display(bar, raw=True, display_id=True)

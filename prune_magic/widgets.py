@@ -140,7 +140,8 @@ class PruneView:
 
 
 def _trained(step: Any) -> str:
-    return f"{step.step}: {describe_curve(step)} ({step.curve[-1].seconds:.1f} s)"
+    took = f"{step.seconds:.1f} s" if step.seconds >= 0.1 else f"{step.seconds * 1e3:.0f} ms"
+    return f"{step.step}: {describe_curve(step)} ({took})"
 
 
 def _size(before: Report, after: Report) -> str:

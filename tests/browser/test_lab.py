@@ -40,6 +40,8 @@ CELLS = [
     "y = model(x).argmax(1)",
     "%%prune model --data (x,y)\nclip amount=0.5 scope=global",
     "print('steps:', len(pm.history(model)), 'sparsity:', round(pm.report(model).sparsity, 2))",
+    "student = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))\nstudent.load_state_dict(model.state_dict())",
+    "%%prune student --data (x,y) --train (x,y)\nclip amount=0.8 exclude=2\nfinetune epochs=3",
 ]
 
 
@@ -140,6 +142,8 @@ def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
         chart = output.locator("img.prune-magic-chart")
         expect(chart).to_be_visible()
         first_chart = chart.get_attribute("src")
+        accuracy = output.locator("table.prune-magic-summary tr:has-text('accuracy') td")
+        first_accuracy = accuracy.inner_text()
 
         # the dashboard: one key press on the slider re-applies the recipe at 0.51
         output.locator(".prune-magic-slider .noUi-handle").focus()
@@ -147,7 +151,19 @@ def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
         expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.51 scope=global")
         expect(output.locator(".prune-magic-status")).not_to_contain_text("updating")
         expect(chart).not_to_have_attribute("src", first_chart)
+        page.keyboard.press("End")  # to the slider's end: 99% of the weights go, accuracy must move
+        expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.99 scope=global")
+        expect(output.locator(".prune-magic-status")).not_to_contain_text("updating")
+        expect(accuracy).not_to_have_text(first_accuracy)
         page.keyboard.press("Escape")
+
+        # a recipe that trains: the output shows the recovery curve beside the per-layer chart
+        trained = cells.nth(5).locator(".jp-OutputArea")  # (the progress bar's output is empty now)
+        expect(trained.locator("table.prune-magic-summary")).to_contain_text("finetune epochs=3: 3 epochs")
+        expect(trained.locator("img.prune-magic-training")).to_be_visible()
+        trained.scroll_into_view_if_needed()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "lab-recover.png"), full_page=True)
 
         # edit the %%prune cell (0.5 -> 0.8) and run it again, then the check cell
         editor = cells.nth(2).locator(".cm-content")

@@ -426,7 +426,7 @@ def test_an_eval_that_raises_during_training_rolls_back(model: Digits, train) ->
 def test_save_refuses_an_int8_model_and_says_what_to_do(model: Digits, tmp_path, backend: str) -> None:  # type: ignore[no-untyped-def]
     pm.prune(model, f"quantize int8 backend={backend}")
     with pytest.raises(
-        PruneError, match="pm.save writes float models and 0, 2, 4 is int8-quantized: save before"
+        PruneError, match=r"pm.save writes float models and 0, 2, 4 is int8-quantized: save before"
     ):
         pm.save(model, tmp_path / "model.pt")
     assert not (tmp_path / "model.pt").exists()
