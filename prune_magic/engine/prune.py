@@ -26,6 +26,7 @@ from torch import nn
 
 from .clip import apply_clip
 from .errors import PruneError
+from .evaluate import eval_mode
 from .history import Entry, begin, commit, history, redo, rewind, sync_versions, undo
 from .quantize import Quantized, apply_quantize
 from .recipe import Recipe, Step, parse_recipe
@@ -165,7 +166,9 @@ def prune(
     Args:
         model: the ``nn.Module`` to prune, in place.
         recipe: recipe text (one step a line) or a parsed :class:`Recipe`.
-        evaluate: ``evaluate(model) -> float | dict[str, float]``, called before and after.
+        evaluate: ``evaluate(model) -> float | dict[str, float]``, called before and after
+            (and after each training epoch), with the model in eval mode: an eval function
+            that forgets ``model.eval()`` does not update BatchNorm statistics behind undo.
         example_input: a tensor (or tuple of inputs) to count MACs with.
         dry_run: report what the recipe would do, then restore the model exactly.
         undo: keep an undo record (on the CPU, the changed values plus one bit per
@@ -385,7 +388,8 @@ def _evaluate(evaluate: Evaluate | None, model: nn.Module) -> Metric | None:
         return None
     name = getattr(evaluate, "__name__", "evaluate")
     try:
-        value = evaluate(model)
+        with eval_mode(model):  # no BatchNorm statistics change, no dropout: undo stays exact
+            value = evaluate(model)
     except Exception as exc:
         raise EvaluationError(f"{name}(model) raised {type(exc).__name__}: {exc}") from exc
     metric = as_metric(value)

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .errors import PruneError
+from .evaluate import eval_mode
 from .history import sync_versions
 from .prune import apply_step, as_metric, metric_name
 from .recipe import Step, parse_step
@@ -233,7 +234,8 @@ def sensitivity(
     steps = {(n, v): parse_step(f"{step} amount={v!r} layers={n}") for n in names for v in levels}
 
     def measure(m: nn.Module) -> float:
-        value = as_metric(evaluate(m))
+        with eval_mode(m):  # an eval that forgets m.eval() must not move BatchNorm statistics
+            value = as_metric(evaluate(m))
         if not isinstance(value, float):
             raise PruneError("the sweep needs an eval function that returns one number")
         return value

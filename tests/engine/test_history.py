@@ -203,3 +203,25 @@ def test_a_rerun_reuses_the_start_metric_of_the_same_eval_function(mlp) -> None:
     assert len(calls) == 3 and again.metric_before == first.metric_before  # only after
     pm.prune(mlp, "clip amount=0.6", evaluate=lambda m: 0.25, tag="cell-1")  # another function: measured
     assert pm.history(mlp).entries[-1].start_metric[1] == 0.25
+
+
+def test_an_eval_that_forgets_model_eval_cannot_break_undo(cnn) -> None:
+    """The engine calls evaluate in eval mode: BatchNorm statistics stay as the step left them."""
+    import prune_magic as pm
+
+    x = torch.randn(16, 1, 8, 8)
+    modes: list[bool] = []
+
+    def careless(model) -> float:  # no model.eval(): BatchNorm would update its running stats
+        modes.append(model.training)
+        with torch.no_grad():
+            return float(model(x).mean())
+
+    cnn.train()
+    before = state(cnn)
+    pm.prune(cnn, "clip amount=0.5", evaluate=careless)
+    pm.undo(cnn)
+    assert same_bits(cnn, before)  # running_mean/var and num_batches_tracked included
+    assert modes == [False, False] and cnn.training  # its own mode back afterwards
+    sweep = pm.sensitivity(cnn, careless, levels=[0.5])
+    assert same_bits(cnn, before) and sweep.complete
