@@ -369,7 +369,8 @@ class PruneDashboard:
     def _update(self, moved: tuple[int, str]) -> None:
         """Apply the recipe with every slider's current value (the latest move wins)."""
         steps = list(self.recipe.steps)
-        values = {key: float(slider.value) for key, slider in self.sliders.items()}
+        # 6 significant digits: a slider's steps add up to 0.8500000000000001; the recipe says 0.85
+        values = {key: float(f"{slider.value:.6g}") for key, slider in self.sliders.items()}
         for (index, option), value in values.items():
             steps[index] = steps[index].replace(**{option: value})
         self._busy(True)
@@ -448,8 +449,9 @@ class PruneDashboard:
             return
         now = histogram(weight)
         before = self.start.get(self.layer.value)
+        clips = any(step.kind == "clip" for step in self.recipe.steps)  # (finetune, quantize: no cut)
         figure = plots.magnitude_histogram(
-            before or now, self.layer.value, cut=now.smallest_kept if now.zeros else None
+            before or now, self.layer.value, cut=now.smallest_kept if now.zeros and clips else None
         )
         self.histogram.value = plots.png(figure)
 

@@ -294,3 +294,26 @@ def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
         shell.user_ns["zeros_seen"] == zeros(mlp) == round(0.8 * sum(t.param.numel() for t in pm.select(mlp)))
     )
     assert not board.worker.busy and widgets._WORKERS
+
+
+def test_the_recipe_line_has_no_float_noise_from_the_slider(dashboard) -> None:
+    board, model, _ = dashboard
+    board.sliders[0, "amount"].value = 0.1 + 0.2  # 0.30000000000000004, as slider steps add up
+    board.wait()
+    assert str(board.recipe) == "clip amount=0.3 scope=global"
+    assert "clip amount=0.3 scope=global" in board.line.value
+
+
+def test_the_histogram_draws_a_cut_only_for_a_recipe_that_clips(mlp, monkeypatch) -> None:
+    from prune_magic import plots
+
+    cuts: list[object] = []
+    draw = plots.magnitude_histogram
+    monkeypatch.setattr(
+        plots, "magnitude_histogram", lambda h, layer, cut=None: (cuts.append(cut), draw(h, layer, cut))[1]
+    )
+    pm.prune(mlp, "clip amount=0.5")  # an earlier cell clipped
+    rerun = Rerun(mlp, tag="cell-6")
+    PruneDashboard(rerun("quantize bits=8"), "mlp", rerun)
+    PruneDashboard(rerun("clip amount=0.7"), "mlp", Rerun(mlp, tag="cell-7"))
+    assert cuts[0] is None and isinstance(cuts[-1], float)
