@@ -297,7 +297,7 @@ def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
 
 
 def test_the_recipe_line_has_no_float_noise_from_the_slider(dashboard) -> None:
-    board, model, _ = dashboard
+    board, _, _ = dashboard
     board.sliders[0, "amount"].value = 0.1 + 0.2  # 0.30000000000000004, as slider steps add up
     board.wait()
     assert str(board.recipe) == "clip amount=0.3 scope=global"
