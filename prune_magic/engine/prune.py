@@ -449,7 +449,8 @@ def describe_curve(s: StepResult) -> str:
     """``2 epochs; metric 0.80 before training, then 0.87, 0.90; last training loss 1.2``."""
     start = [p for p in s.curve if p.label == "before training"]
     trained = [p for p in s.curve if p.label != "before training"]
-    text = f"{len(trained)} {'steps' if s.step.kind == 'clip' else 'epochs'}"
+    unit = "step" if s.step.kind == "clip" else "epoch"
+    text = f"{len(trained)} {unit}{'s' if len(trained) != 1 else ''}"
     if trained and all(isinstance(p.metric, float) for p in trained):
         first = (
             f" {start[0].metric:.4g} before training, then"

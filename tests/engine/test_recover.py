@@ -432,3 +432,15 @@ def test_save_refuses_an_int8_model_and_says_what_to_do(model: Digits, tmp_path,
     assert not (tmp_path / "model.pt").exists()
     pm.undo(model)
     pm.save(model, tmp_path / "model.pt")
+
+
+def test_distill_after_structured_pruning_rebuilds_the_wide_teacher(cnn) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    before = state(cnn)
+    result = pm.prune(
+        cnn, "structured amount=0.5 exclude=classifier\ndistill epochs=1", example_input=X[:1], train=(X, y)
+    )
+    assert cnn.features[0].out_channels == 4 and "distill epochs=1: 1 epoch;" in str(result)
+    pm.reset(cnn)
+    assert same_bits(cnn, before)
