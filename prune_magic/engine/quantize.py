@@ -122,8 +122,13 @@ def _torchao(model: nn.Module, names: tuple[str, ...], records: list[Record]) ->
 
 def _torch_ao(model: nn.Module, names: tuple[str, ...], records: list[Record]) -> str:
     with _quiet():
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-        from torch.ao.quantization import default_dynamic_qconfig
+        try:
+            from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+            from torch.ao.quantization import default_dynamic_qconfig
+        except ImportError as exc:  # torch says torch.ao.quantization will go (torchao replaces it)
+            raise PruneError(
+                f"quantize int8 needs torchao (pip install torchao) or torch.ao.quantization ({exc})"
+            ) from None
 
         for name in names:
             float_linear = model.get_submodule(name)

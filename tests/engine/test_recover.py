@@ -444,3 +444,13 @@ def test_distill_after_structured_pruning_rebuilds_the_wide_teacher(cnn) -> None
     assert cnn.features[0].out_channels == 4 and "distill epochs=1: 1 epoch;" in str(result)
     pm.reset(cnn)
     assert same_bits(cnn, before)
+
+
+def test_int8_without_any_backend_says_what_to_install(model: Digits, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.ao.nn.quantized.dynamic", None)  # as if torch dropped it
+    before = state(model)
+    with pytest.raises(PruneError, match=r"quantize int8 needs torchao \(pip install torchao\) or torch.ao"):
+        pm.prune(model, "quantize int8 backend=torch")
+    assert same_bits(model, before) and type(model[0]) is nn.Linear
