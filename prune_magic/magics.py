@@ -414,77 +414,84 @@ def _patterns(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
-class _LiveDisplay:
-    """Shows a sweep while it runs: an updating output in a notebook, a progress line elsewhere."""
+class _Live:
+    """An output that updates in place while work runs: a display in a notebook, a ``\\r`` line elsewhere."""
+
+    def __init__(self, every: float) -> None:
+        self.handle: Any = None
+        self.every, self.last, self.printed = every, 0.0, False
+        self.kernel = "ipykernel" in sys.modules and getattr(get_ipython(), "kernel", None) is not None
+
+    def due(self, now: bool = False) -> bool:
+        """Whether to redraw: at most once every ``every`` seconds, unless ``now``."""
+        tick = time.monotonic()
+        if not now and tick - self.last < self.every:
+            return False
+        self.last = tick
+        return True
+
+    def line(self, text: str) -> None:
+        print(f"\r{text}".ljust(100), end="", flush=True)
+        self.printed = True
+
+    def put(self, obj: Any, raw: bool = False) -> None:
+        if self.handle is None:
+            self.handle = display(obj, raw=raw, display_id=True)
+        else:
+            self.handle.update(obj, raw=raw)
+
+    def end_line(self) -> None:
+        if self.printed:
+            print()
+            self.printed = False
+
+
+class _LiveDisplay(_Live):
+    """Shows a sweep while it runs: its chart filling in (notebook) or a progress line."""
 
     def __init__(self) -> None:
-        self.handle: Any = None
-        self.last = 0.0
-        self.kernel = "ipykernel" in sys.modules and getattr(get_ipython(), "kernel", None) is not None
+        super().__init__(every=1.0)  # the chart fills in about once a second
 
     def show(self, view: Any, partial: Any) -> None:
         view.result, view.running = partial, True
         points = sum(m is not None for ms in partial.curves.values() for m in ms)
         total = len(partial.curves) * len(partial.levels)
         if not self.kernel:
-            bar = "#" * (20 * points // total)
-            print(f"\rsensitivity [{bar:<20}] {points}/{total} points", end="", flush=True)
-            return
-        now = time.monotonic()
-        if now - self.last < 1.0:  # the chart fills in about once a second
-            return
-        self.last = now
-        if self.handle is None:
-            self.handle = display(view, display_id=True)
-        else:
-            self.handle.update(view)
+            self.line(f"sensitivity [{'#' * (20 * points // total):<20}] {points}/{total} points")
+        elif self.due():
+            self.put(view)
 
     def done(self, view: Any) -> None:
         view.running = False
-        if not self.kernel:
-            print()
-            display(view)
-        elif self.handle is None:
+        self.end_line()
+        if self.handle is None:
             display(view)
         else:
             self.handle.update(view)
 
 
-class _TrainingProgress:
-    """While a step trains: a progress bar that updates in place (notebook) or a ``\r`` line (terminal)."""
+class _TrainingProgress(_Live):
+    """While a step trains: a progress bar that updates in place (notebook) or a progress line."""
 
     def __init__(self) -> None:
-        self.handle: Any = None
-        self.last = 0.0
-        self.kernel = "ipykernel" in sys.modules and getattr(get_ipython(), "kernel", None) is not None
-        self.printed = False
+        super().__init__(every=0.5)
 
     def __call__(self, progress: Any) -> None:
-        now = time.monotonic()
-        if progress.point is None and now - self.last < 0.5:
+        if not self.due(now=progress.point is not None):
             return
-        self.last = now
         from .widgets import _progress_text
 
         text = _progress_text(progress)
         if not self.kernel:
-            print(f"\r{text}".ljust(100), end="", flush=True)
-            self.printed = True
+            self.line(text)
             return
         total = progress.total or progress.done
-        html_ = (
-            f"<progress value='{progress.done}' max='{total}'></progress> <code>{html.escape(text)}</code>"
-        )
-        bar = {"text/html": html_, "text/plain": text}
-        if self.handle is None:
-            self.handle = display(bar, raw=True, display_id=True)
-        else:
-            self.handle.update(bar, raw=True)
+        bar = f"<progress value='{progress.done}' max='{total}'></progress> <code>{html.escape(text)}</code>"
+        self.put({"text/html": bar, "text/plain": text}, raw=True)
 
     def close(self) -> None:
         """Take the bar away: the result shows the whole curve."""
-        if self.printed:
-            print()
+        self.end_line()
         if self.handle is not None:
             self.handle.update({"text/plain": "", "text/html": ""}, raw=True)
 

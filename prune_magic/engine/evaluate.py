@@ -60,13 +60,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     Forward passes the engine makes (tracing, MACs, latency, metrics) must not update
     BatchNorm statistics or change which modules train.
     """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with _mode(model, training=False):
         yield model
+
+
+@contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in train mode inside the block (the training steps), then restore every module's mode."""
+    with _mode(model, training=True):
+        yield model
+
+
+@contextmanager
+def _mode(model: nn.Module, training: bool) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.train(training)
+    try:
+        yield
     finally:
-        for module, training in modes.items():
-            module.training = training
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def first_batch(data: object, model: nn.Module, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,11 +103,22 @@ def _to_model(inputs: torch.Tensor, model: nn.Module) -> torch.Tensor:
     return inputs
 
 
+def is_pair(data: object) -> bool:
+    """Whether ``data`` is an ``(X, y)`` pair of tensors or arrays (not a list of batches)."""
+    return isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list)
+
+
+def pair(data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(X, y)`` pair as tensors, checked to be of one length."""
+    X, y = (torch.as_tensor(d) for d in data)  # type: ignore[attr-defined]
+    if len(X) != len(y):
+        raise PruneError(f"the (X, y) pair has {len(X)} inputs but {len(y)} targets")
+    return X, y
+
+
 def _batches(data: object, batch_size: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    if isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list):
-        X, y = (torch.as_tensor(d) for d in data)
-        if len(X) != len(y):
-            raise PruneError(f"the (X, y) pair has {len(X)} inputs but {len(y)} targets")
+    if is_pair(data):
+        X, y = pair(data)
         return lambda: zip(torch.split(X, batch_size), torch.split(y, batch_size), strict=True)
     if isinstance(data, Iterable) and not isinstance(data, torch.Tensor | str):
         return lambda: (_pair(batch) for batch in data)

@@ -21,7 +21,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch.nn import functional as F
 
 from .clip import apply_clip
 from .errors import PruneError
-from .evaluate import _device, _pair, _to_model
+from .evaluate import _device, _pair, _to_model, is_pair, pair, train_mode
 from .masks import Masks
 from .recipe import Step
 from .selection import Target, select
@@ -185,7 +184,7 @@ def _epochs(
             torch.manual_seed(int(options.get("seed", 0)))  # type: ignore[arg-type]
             for epoch in range(1, epochs + 1):
                 losses = []
-                with _train_mode(model):
+                with train_mode(model):
                     for inputs, targets in _shuffled(training.data):
                         inputs, targets = _to_model(inputs, model), targets.to(device)
                         optimizer.zero_grad(set_to_none=True)
@@ -237,23 +236,10 @@ def _masks(model: nn.Module, clipped: Sequence[str]) -> Masks:
         return Masks({n: params[n].detach() == 0 for n in names}, params)
 
 
-@contextmanager
-def _train_mode(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.train()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
 def _shuffled(data: object) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of an epoch: an (X, y) pair is shuffled (seeded) and cut into batches of 64."""
-    if isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list):
-        X, y = (torch.as_tensor(d) for d in data)
-        if len(X) != len(y):
-            raise PruneError(f"the training (X, y) pair has {len(X)} inputs but {len(y)} targets")
+    if is_pair(data):
+        X, y = pair(data)
         for batch in torch.split(torch.randperm(len(X)), BATCH_SIZE):
             yield X[batch], y[batch]
         return
@@ -264,8 +250,8 @@ def _shuffled(data: object) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _length(data: object) -> int | None:
-    if isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list):
-        return -(-len(data[0]) // BATCH_SIZE)
+    if is_pair(data):
+        return -(-len(data[0]) // BATCH_SIZE)  # type: ignore[index]
     try:
         return len(data)  # type: ignore[arg-type]
     except TypeError:
