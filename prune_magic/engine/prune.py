@@ -213,7 +213,10 @@ def prune(
             results.append(_apply(model, step, keep, done, example_input, data, training))
         after = _measure(model, example_input) if report else None
         latency_after = latency(model, example_input) if latency_before is not None else None
-        metric_after = _evaluate(evaluate, model)
+        # a last step that trained measured the final model already (after its last epoch or step)
+        last = results[-1].curve[-1] if results and results[-1].curve else None
+        trained = last is not None and last.metric is not None and last.label != "before training"
+        metric_after = last.metric if trained else _evaluate(evaluate, model)  # type: ignore[union-attr]
     except BaseException:
         _rollback(model, done, rewound)
         raise

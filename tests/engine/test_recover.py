@@ -454,3 +454,22 @@ def test_int8_without_any_backend_says_what_to_install(model: Digits, monkeypatc
     with pytest.raises(PruneError, match=r"quantize int8 needs torchao \(pip install torchao\) or torch.ao"):
         pm.prune(model, "quantize int8 backend=torch")
     assert same_bits(model, before) and type(model[0]) is nn.Linear
+
+
+@pytest.mark.parametrize(
+    ("recipe", "calls"),
+    [
+        ("clip amount=0.9\nfinetune epochs=2", 4),  # before, before training, 2 epochs: the last is "after"
+        ("clip amount=0.9 steps=3 finetune=1", 4),  # before, 3 steps
+        ("finetune epochs=1\nclip amount=0.5", 4),  # before, before training, 1 epoch, after the clip
+    ],
+)
+def test_the_final_model_is_evaluated_once(model: Digits, train, recipe: str, calls: int) -> None:  # type: ignore[no-untyped-def]
+    seen = []
+
+    def counting(m: nn.Module) -> float:
+        seen.append(1)
+        return float(len(seen))
+
+    result = pm.prune(model, recipe, train=train, evaluate=counting)
+    assert len(seen) == calls and result.metric_after == float(calls)
