@@ -529,6 +529,8 @@ def _weight(model: Any, name: str) -> Any:
 def _progress_text(progress: Any) -> str:
     """``finetune epochs=2: 31/42 batches`` (and the metric of the last epoch, when there is one)."""
     done = f"{progress.done}/{progress.total} batches" if progress.total else f"{progress.done} batches"
+    if progress.stage:
+        done = f"{progress.stage}, {done}"
     point = progress.point
     metric = (
         f"; {point.label}: {point.metric:.4g}"

@@ -61,9 +61,10 @@ class Progress:
     """What a progress callback receives: after every batch, and with ``point`` after every epoch."""
 
     step: str
-    done: int  # batches done in this step
-    total: int | None  # batches the step will take, when the data has a length
+    done: int  # batches done in this step (or in this step of a gradual schedule)
+    total: int | None  # batches it will take, when the data has a length
     point: Point | None = None
+    stage: str = ""  # "step 2/4" of a gradual schedule
 
 
 @dataclass
@@ -120,7 +121,7 @@ def distill(model: nn.Module, step: Step, training: Training) -> tuple[Point, ..
 
 
 def clip_gradually(
-    model: nn.Module, step: Step, targets: list[Target], training: Training | None
+    model: nn.Module, step: Step, targets: list[Target], training: Training
 ) -> tuple[int | None, tuple[Point, ...]]:
     """Clip to ``amount`` over ``steps`` steps of the cubic schedule, training ``finetune`` epochs after each."""
     options = step.options
@@ -136,16 +137,15 @@ def clip_gradually(
     for t, amount in enumerate(cubic_schedule(initial, final, count), start=1):
         zeros = apply_clip(Step("clip", {"amount": amount, **single}, step.line), targets, None)
         label = f"step {t}/{count}"
-        if epochs and training is not None:
+        if epochs:
             masks = _masks(model, [*training.clipped, *names])
             last = _epochs(model, step, training, masks, epochs, label=label)[-1]
             points.append(
                 Point(label, _sparsity(targets), last.metric, last.loss, time.perf_counter() - started)
             )
         else:
-            metric = training.evaluate(model) if training is not None and training.evaluate else None
+            metric = training.evaluate(model) if training.evaluate else None
             points.append(Point(label, _sparsity(targets), metric, None, time.perf_counter() - started))
-            _report(training, step, t, count, points[-1])
     return (None if epochs else zeros), tuple(points)
 
 
@@ -202,7 +202,9 @@ def _epochs(
                         losses.append(loss.item())
                         done += 1
                         if training.progress is not None:
-                            training.progress(Progress(str(step), done, total and total * epochs))
+                            training.progress(
+                                Progress(str(step), done, total and total * epochs, None, label)
+                            )
                 if not losses:
                     raise PruneError(f"line {step.line}: the training data is empty")
                 if not all(math.isfinite(x) for x in losses):
@@ -216,16 +218,11 @@ def _epochs(
                 )
                 points.append(point)
                 if training.progress is not None:
-                    training.progress(Progress(str(step), done, total and total * epochs, point))
+                    training.progress(Progress(str(step), done, total and total * epochs, point, label))
     finally:
         handle.remove()
         masks.apply()
     return tuple(points)
-
-
-def _report(training: Training | None, step: Step, done: int, total: int, point: Point) -> None:
-    if training is not None and training.progress is not None:
-        training.progress(Progress(str(step), done, total, point))
 
 
 def _masks(model: nn.Module, clipped: Sequence[str]) -> Masks:

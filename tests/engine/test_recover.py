@@ -473,3 +473,15 @@ def test_the_final_model_is_evaluated_once(model: Digits, train, recipe: str, ca
 
     result = pm.prune(model, recipe, train=train, evaluate=counting)
     assert len(seen) == calls and result.metric_after == float(calls)
+
+
+def test_a_gradual_schedule_reports_progress_per_step(model: Digits, train) -> None:  # type: ignore[no-untyped-def]
+    from prune_magic.widgets import _progress_text
+
+    seen: list[Progress] = []
+    pm.prune(model, "clip amount=0.8 steps=2 finetune=1", train=train, progress=seen.append)
+    assert [p.stage for p in seen if p.point is not None] == ["step 1/2", "step 2/2"]
+    batches = -(-len(train[0]) // 64)
+    assert _progress_text(seen[-1]).startswith(
+        f"clip amount=0.8 steps=2 finetune=1: step 2/2, {batches}/{batches} batches"
+    )
