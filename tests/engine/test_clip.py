@@ -9,16 +9,14 @@ from torch import nn
 
 import prune_magic as pm
 from prune_magic.engine import _kernels
-from tests.conftest import MLP
+from tests.conftest import MLP, use_kernels
 
 
 @pytest.fixture(autouse=True, params=["numba", "numpy"])
 def engine(request, monkeypatch) -> str:
     """Every test here runs with the compiled record kernels (numba) and with the numpy ones;
     the CPU default is numba when it is installed, unless PRUNE_MAGIC_NUMBA=0."""
-    if request.param == "numba" and not _kernels.installed():
-        pytest.skip("numba is not installed")
-    monkeypatch.setattr(_kernels, "use_numba", request.param == "numba")
+    use_kernels(monkeypatch, numba=request.param == "numba")
     return str(request.param)
 
 
@@ -182,14 +180,7 @@ def test_the_record_kernels_give_the_numpy_result_bit_for_bit(engine, monkeypatc
         model[1].weight[:, :2] = 0.0
         model[1].weight[0, 2:9] = -0.0
     before = bits(model)
-    calls: list[int] = []
-    compact = _kernels.Kernels.compact
-
-    def spy(self, *args):
-        calls.append(1)
-        return compact(self, *args)
-
-    monkeypatch.setattr(_kernels.Kernels, "compact", spy)
+    calls = use_kernels(monkeypatch, numba=engine == "numba")
     after = []
     for use in (engine == "numba", False):
         monkeypatch.setattr(_kernels, "use_numba", use)

@@ -8,9 +8,9 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import prune_magic as pm
-from prune_magic.engine import _kernels, magnitude
+from prune_magic.engine import magnitude
 from prune_magic.engine.magnitude import int_view, key_bits, select_cut
-from tests.conftest import same_bits, state
+from tests.conftest import same_bits, state, use_kernels
 
 BIG = 3 * magnitude.SMALL  # above SMALL: the sampled bracket is used
 
@@ -25,18 +25,8 @@ def kernels(request, monkeypatch) -> str:
 @pytest.fixture(params=["numba", "numpy", "torch"])
 def engines(request, monkeypatch):
     """Clip with the compiled record kernels (numba), the numpy ones, or the device (torch) ones."""
-    if request.param == "numba" and not _kernels.installed():
-        pytest.skip("numba is not installed")
-    monkeypatch.setattr(_kernels, "use_numba", request.param == "numba")
+    calls = use_kernels(monkeypatch, numba=request.param == "numba")
     monkeypatch.setattr(magnitude, "use_numpy", request.param != "torch")
-    calls: list[int] = []
-    compact = _kernels.Kernels.compact
-
-    def spy(self, *args):
-        calls.append(1)
-        return compact(self, *args)
-
-    monkeypatch.setattr(_kernels.Kernels, "compact", spy)
     return request.param, calls
 
 
