@@ -108,5 +108,5 @@ def apply_wanda(
             record.add(0, int_view(param), padded)
             records.append(record)
         param.masked_fill_(mask, 0)
-        zeros += int(mask.sum()) + int(((param == 0) & ~mask).sum())
+        zeros += int(torch.count_nonzero(param == 0))
     return zeros
