@@ -167,7 +167,7 @@ def shape_for(params: int) -> tuple[int, int]:
     conv = 27 * channels + 90 * channels**2
     # 4 square hidden layers + Linear(16c, w) + Linear(w, 10)
     a, b, c = 4.0, 16 * channels + 10, conv - params
-    width = (-b + (b * b - 4 * a * c) ** 0.5) / (2 * a)
+    width = (-b + max(0.0, b * b - 4 * a * c) ** 0.5) / (2 * a)  # below the convs' share: the narrowest
     return channels, max(8, round(width / 8) * 8)
 
 

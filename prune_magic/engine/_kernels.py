@@ -1,13 +1,20 @@
-"""Optional compiled CPU kernels (numba) for the undo record of a clip.
+"""Optional compiled CPU kernels (numba) for the select and the undo record of a clip.
 
 numpy has no branch-free way to compact the values under a random mask (``np.compress``
 mispredicts a branch per element: 24-68x a read of the data at 90% density, measured on
-25M floats), so recording what a clip changes cost more than the clip. The two kernels
-here each run one loop over the integer bit patterns of a tensor: :func:`_mark` sets the
-record's packed mask and counts, :func:`_compact` copies the old values out and zeroes.
+25M floats), so recording what a clip changes cost more than the clip; and the select's
+gather of the few keys inside its bracket takes six numpy passes over each chunk. Each
+kernel here runs one loop over the integer bit patterns of a tensor:
+
+- :func:`_gather`: the select's pass (count below the bracket, gather the keys inside it)
+  that also marks, in the record's packed mask, what goes whatever the cut;
+  :func:`_mark_at` then marks the gathered keys that go;
+- :func:`_mark`: the mask and count for a known cut (``threshold=``, ``sigma=``);
+- :func:`_compact`: copies the marked old values out and zeroes them.
+
 They are an accelerator only: without numba (``pip install prune-magic[fast]``), or with
-``PRUNE_MAGIC_NUMBA=0`` in the environment, the numpy chunk kernels in ``clip.py`` do the
-same work with the same result, bit for bit.
+``PRUNE_MAGIC_NUMBA=0`` in the environment, the numpy chunk kernels in ``magnitude.py``
+and ``clip.py`` do the same work with the same result, bit for bit.
 
 numba is imported and the kernels compiled on first use (``cache=True``: later processes
 load the machine code from ``__pycache__``); the first call in a process pays about
@@ -70,18 +77,135 @@ def _mark(bits: Array, key: int, mask: int, ties: int, tied: Array, packed: Arra
     return count, ties
 
 
+#: ``x * _GATHER_BITS >> 56`` packs the low bits of the eight bytes of x into one byte (bit
+#: s = byte s), as ``magnitude.pack_bits`` does.
+_GATHER_BITS = np.uint64(0x0102040810204080)
+#: ``(1 << 8 * b) * _BYTE_INDEX >> 56 == b``: which byte of a word holds its lowest set bit.
+_BYTE_INDEX = np.uint64(0x0001020304050607)
+
+
+def _gather(
+    bits: Array,
+    lo: int,
+    hi: int,
+    mask: int,
+    keys: Array,
+    positions: Array,
+    used: int,
+    packed: Array,
+    inside: Array,
+    low: Array,
+) -> tuple[int, int, int]:
+    """The select's pass (``magnitude.select_cut``) over one tensor: count the keys below
+    ``lo``; append the keys in ``lo..hi`` and their positions to ``keys``/``positions`` from
+    index ``used`` on; when ``packed`` is not empty, set its bit i for each element i with a
+    key below ``lo`` that is not +0.0 already (those go whatever the cut).
+
+    Block by block: a branch-free loop (vectorized) writes a flag byte per element; then the
+    flags are read eight at a time, and only the few in the bracket are visited. ``inside``
+    and ``low`` are the flags' scratch: uint8, of one length, a multiple of 8. Returns
+    (keys below ``lo``, bits set in ``packed``, ``used`` after); ``used`` past
+    ``len(keys) - 1`` means the buffers overflowed (what was found past the end is lost).
+    """
+    n = bits.shape[0]
+    cap = keys.shape[0] - 1
+    block = inside.shape[0]  # a multiple of 8: each block packs into whole bytes of ``packed``
+    inside_words = inside.view(np.uint64)
+    low_words = low.view(np.uint64)
+    marking = packed.shape[0] > 0
+    below = 0
+    marked = 0
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        chunk = bits[start : start + m]
+        if marking:
+            for i in range(m):  # branch-free
+                v = chunk[i]
+                k = v & mask
+                lt = k < lo
+                below += lt
+                inside[i] = (k >= lo) & (k <= hi)
+                low[i] = lt & (v != 0)
+                marked += lt & (v != 0)
+        else:
+            for i in range(m):
+                k = chunk[i] & mask
+                below += k < lo
+                inside[i] = (k >= lo) & (k <= hi)
+        for i in range(m, block):
+            inside[i] = 0
+            low[i] = 0
+        for w in range((m + 7) >> 3):
+            word = inside_words[w]
+            while word:  # the flags set in these eight: rare
+                i = (w << 3) + int(((word & (~word + np.uint64(1))) * _BYTE_INDEX) >> np.uint64(56))
+                j = min(used, cap)
+                keys[j] = chunk[i] & mask
+                positions[j] = start + i
+                used += 1
+                word &= word - np.uint64(1)
+            if marking:  # the low bit of each of the eight bytes, gathered into one byte
+                packed[(start >> 3) + w] = ((low_words[w] * _GATHER_BITS) >> np.uint64(56)) & np.uint64(0xFF)
+        if used > cap:
+            break
+    return below, marked, used
+
+
+def _mark_at(bits: Array, packed: Array, positions: Array) -> int:
+    """Set the bits of ``packed`` at ``positions`` where the element is not +0.0 already;
+    returns how many were set (none of them may be set before)."""
+    count = 0
+    for p in range(positions.shape[0]):
+        i = positions[p]
+        if bits[i] != 0:
+            packed[i >> 3] |= np.uint8(1) << np.uint8(i & 7)
+            count += 1
+    return count
+
+
+def _popcount(packed: Array) -> int:
+    """Bits set in a uint8 array (eight bytes at a time)."""
+    whole = packed.shape[0] >> 3
+    words = packed[: whole << 3].view(np.uint64)
+    total = 0
+    for w in range(whole):
+        x = words[w]
+        x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+        x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+        x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+        total += int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+    for b in range(whole << 3, packed.shape[0]):
+        x = int(packed[b])
+        while x:
+            total += 1
+            x &= x - 1
+    return total
+
+
 def _compact(bits: Array, packed: Array, values: Array) -> int:
     """Write the old bit pattern of each element marked in ``packed`` to ``values``, in
-    order, and zero it in place. ``values`` needs one element of slack past the marked
-    count. Returns the values written."""
-    last = values.shape[0] - 1
+    order, and zero it in place. Returns the values written.
+
+    ``values`` must have one element of slack past the marked count (the loop writes one
+    past the last marked value): :meth:`Kernels.compact` checks that with
+    :func:`_popcount` first, as the loop does not."""
+    n = bits.shape[0]
     j = 0
-    for i in range(bits.shape[0]):  # one flat loop: 2-3x faster than one loop per chunk here
+    for b in range(n >> 3):  # one flat pass, a mask byte at a time; branch-free
+        byte = int(packed[b])
+        first = b << 3
+        for s in range(8):
+            v = bits[first + s]
+            m = (byte >> s) & 1
+            values[j] = v
+            j += m
+            bits[first + s] = v & (m - 1)  # 0 where marked
+    for i in range(n - (n & 7), n):
         v = bits[i]
         m = (int(packed[i >> 3]) >> (i & 7)) & 1
-        values[min(j, last)] = v  # min: never past the buffer, even on a miscount
+        values[j] = v
         j += m
-        bits[i] = v & (m - 1)  # 0 where marked, branch-free
+        bits[i] = v & (m - 1)
     return j
 
 
@@ -92,6 +216,9 @@ class Kernels:
         jit = numba.njit(cache=True, nogil=True)
         self._mark = jit(_mark)
         self._compact = jit(_compact)
+        self._popcount = jit(_popcount)
+        self._gather = jit(_gather)
+        self._mark_at = jit(_mark_at)
 
     def mark(
         self, bits: Array, key: int, mask: int, ties: int, tied: Array, packed: Array
@@ -100,7 +227,43 @@ class Kernels:
         return int(count), int(left)
 
     def compact(self, bits: Array, packed: Array, values: Array) -> int:
+        """:func:`_compact`; -1, touching nothing, when ``values`` has no slack past the
+        values marked in ``packed``."""
+        if self._popcount(packed) >= values.shape[0]:
+            return -1
         return int(self._compact(bits, packed, values))
+
+    def gather(
+        self,
+        bits: Array,
+        lo: int,
+        hi: int,
+        mask: int,
+        keys: Array,
+        positions: Array,
+        used: int,
+        packed: Array,
+        scratch: Array,
+    ) -> tuple[int, int, int]:
+        """:func:`_gather`; ``scratch``: uint8 of twice a multiple of 8 bytes, for the flags."""
+        kind = bits.dtype.type  # scalars of the array's type: the loops stay in that width
+        half = scratch.shape[0] // 2
+        below, marked, after = self._gather(
+            bits,
+            kind(lo),
+            kind(hi),
+            kind(mask),
+            keys,
+            positions,
+            used,
+            packed,
+            scratch[:half],
+            scratch[half:],
+        )
+        return int(below), int(marked), int(after)
+
+    def mark_at(self, bits: Array, packed: Array, positions: Array) -> int:
+        return int(self._mark_at(bits, packed, positions))
 
 
 _loaded: Kernels | None = None

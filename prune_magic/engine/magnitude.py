@@ -13,8 +13,10 @@ histograms (:func:`_radix_select`) answers instead. Every pass reads the weights
 chunk into preallocated buffers, so nothing concatenates the model or allocates a
 whole-model temporary; a chunk is at most 1/16 of the weights.
 
-On the CPU the chunk kernels run in numpy (its comparisons and counts are 3-5x faster than
-torch's at one thread); on other devices in torch ops, on the device.
+On the CPU the pass runs in a compiled kernel when numba is installed (``_kernels``; it
+can mark a clip's undo record as it goes), else in numpy chunk kernels (numpy's
+comparisons and counts are 3-5x faster than torch's at one thread); on other devices in
+torch ops, on the device.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _kernels
 from .errors import PruneError
 
 #: Most elements a chunked pass handles at once (256 KiB of float32: the chunk and its
@@ -56,6 +59,17 @@ def int_view(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().view(-1).view(_INT_OF[tensor.dtype])
     except KeyError:
         raise PruneError(f"weights of dtype {tensor.dtype} are not supported") from None
+
+
+_NUMPY_INT_OF = {torch.float16: np.int16, torch.float32: np.int32, torch.float64: np.int64}
+
+
+def int_array(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
+    """:func:`int_view` of a CPU tensor as a numpy array (no copy)."""
+    kind = _NUMPY_INT_OF.get(tensor.dtype)
+    if kind is None or not tensor.is_contiguous():  # bfloat16 has no numpy dtype
+        return int_view(tensor).numpy()
+    return tensor.detach().numpy().reshape(-1).view(kind)
 
 
 def key_bits(dtype: torch.dtype) -> int:
@@ -112,12 +126,15 @@ class Cut:
     tensor's device) of the first ``k - below`` elements equal to ``key`` in selection
     order, then flat order: those go with the cut. None when the select did not keep
     positions (the radix fallback); then the first ``k - below`` in that order are meant.
+    ``marked``: per tensor, the bits :func:`select_cut` set in the ``marks`` it was given
+    (one per element the cut zeroes that is not +0.0 already); None when it set none.
     """
 
     key: int
     below: int
     equal: int
     ties: tuple[torch.Tensor, ...] | None = None
+    marked: tuple[int, ...] | None = None
 
 
 def kth_key(tensors: Sequence[torch.Tensor], k: int) -> tuple[int, int, int]:
@@ -130,10 +147,23 @@ def kth_key(tensors: Sequence[torch.Tensor], k: int) -> tuple[int, int, int]:
     return cut.key, cut.below, cut.equal
 
 
-def select_cut(tensors: Sequence[torch.Tensor], k: int, *, sample: bool = True) -> Cut:
+def select_cut(
+    tensors: Sequence[torch.Tensor],
+    k: int,
+    *,
+    sample: bool = True,
+    marks: Sequence[np.ndarray[Any, Any]] | None = None,
+) -> Cut:
     """The k-th smallest magnitude (1-based) over ``tensors``, exactly (see :class:`Cut`).
 
     ``sample=False`` skips the sampled bracket and runs the exact radix select.
+
+    ``marks``: one uint8 array per tensor of ``ceil(numel / 8)`` bytes. Where the compiled
+    CPU kernels run the select (numba, :mod:`._kernels`), its pass also sets bit i of a
+    tensor's array for each element i the cut zeroes that is not +0.0 already (packed as
+    :func:`pack_bits` packs), and ``Cut.marked`` counts them: the mask of a clip's undo
+    record comes with the select, no second pass. Else (``Cut.marked`` None) the arrays
+    hold nothing meaningful.
     """
     dtype = tensors[0].dtype
     if any(t.dtype != dtype for t in tensors):
@@ -150,9 +180,15 @@ def select_cut(tensors: Sequence[torch.Tensor], k: int, *, sample: bool = True) 
         most = _abs_mask(dtype)
         lo, hi = (0, most) if total <= SMALL else _bracket(views, k, total, most)
         cap = max(SMALL, total // 32)  # candidates kept: 8-16 bytes each, <= 0.5 B/w
-        gathered = _gather(views, lo, hi, cap, chunk_size(total))
-        if gathered is not None and gathered[0] < k <= gathered[0] + sum(len(c) for c in gathered[1]):
-            return _pick(k, *gathered)
+        compiled = _kernels.kernels() if all(on_numpy(v) for v in views) else None
+        if compiled is not None:
+            cut = _select_compiled(compiled, [int_array(t) for t in tensors], k, lo, hi, cap, marks)
+            if cut is not None:
+                return cut
+        else:
+            gathered = _gather(views, lo, hi, cap, chunk_size(total))
+            if gathered is not None and gathered[0] < k <= gathered[0] + sum(len(c) for c in gathered[1]):
+                return _pick(k, *gathered)
     key, below, equal = _radix_select(views, k, chunk_size(total))
     return Cut(key, below, equal)
 
@@ -163,9 +199,12 @@ def _bracket(views: list[torch.Tensor], k: int, total: int, most: int) -> tuple[
     parts, offset = [], 0
     for bits in views:
         first = -offset % stride
-        parts.append((bits[first::stride] & most).cpu())  # a small sample; none of the weights
+        if on_numpy(bits):
+            parts.append(bits.numpy()[first::stride])  # a small sample; none of the weights
+        else:
+            parts.append(bits[first::stride].cpu().numpy())
         offset += bits.numel()
-    keys = torch.cat(parts).numpy()
+    keys = np.concatenate(parts) & most
     s = keys.size
     q = k / total
     margin = SIGMAS * math.sqrt(s * q * (1 - q)) + 2
@@ -175,6 +214,64 @@ def _bracket(views: list[torch.Tensor], k: int, total: int, most: int) -> tuple[
     lo = int(ordered[lo_rank]) if lo_rank >= 0 else 0
     hi = int(ordered[hi_rank]) if hi_rank < s else most
     return lo, hi
+
+
+def _select_compiled(
+    compiled: _kernels.Kernels,
+    arrays: list[np.ndarray[Any, Any]],
+    k: int,
+    lo: int,
+    hi: int,
+    cap: int,
+    marks: Sequence[np.ndarray[Any, Any]] | None,
+) -> Cut | None:
+    """The bracket's pass and the pick with the compiled kernels (one shared candidate
+    buffer, in selection order, then flat order); None when the bracket missed or held
+    more than ``cap`` keys."""
+    most = _abs_mask_of_array(arrays[0])
+    keys = np.empty(cap + 1, arrays[0].dtype)  # one slot of slack: see _kernels._gather
+    # positions within one tensor: 4 bytes do unless a tensor is that large
+    positions = np.empty(cap + 1, np.int64 if max(a.size for a in arrays) >= 1 << 31 else np.int32)
+    no_marks = np.empty(0, np.uint8)
+    scratch = np.empty(2 * _FLAGS, np.uint8)
+    below, used = 0, 0
+    starts, marked = [], []
+    for i, bits in enumerate(arrays):
+        starts.append(used)
+        under, set_bits, used = compiled.gather(
+            bits, lo, hi, most, keys, positions, used, no_marks if marks is None else marks[i], scratch
+        )
+        if used > cap:
+            return None
+        below += under
+        marked.append(set_bits)
+    starts.append(used)
+    if not below < k <= below + used:
+        return None
+    found = keys[:used]
+    rank = k - below  # 1-based, among the candidates
+    key = int(np.partition(found, rank - 1)[rank - 1])
+    going = found < key
+    smaller = int(np.count_nonzero(going))
+    same = np.flatnonzero(found == key)
+    tied = same[: rank - smaller]  # the first ties in selection order go too
+    going[tied] = True
+    ties = []
+    for i, bits in enumerate(arrays):
+        start, end = starts[i], starts[i + 1]
+        inside = tied[(tied >= start) & (tied < end)] if tied.size else tied
+        ties.append(torch.from_numpy(positions[inside].astype(np.int64)))
+        if marks is not None and end > start:
+            marked[i] += compiled.mark_at(bits, marks[i], positions[start:end][going[start:end]])
+    return Cut(key, below + smaller, same.size, tuple(ties), tuple(marked) if marks is not None else None)
+
+
+#: Elements per block of the compiled select's flags (see ``_kernels._gather``).
+_FLAGS = 4096
+
+
+def _abs_mask_of_array(array: np.ndarray[Any, Any]) -> int:
+    return (1 << (8 * array.itemsize - 1)) - 1
 
 
 Found = tuple[int, list[torch.Tensor], list[torch.Tensor]]

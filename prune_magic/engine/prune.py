@@ -190,8 +190,8 @@ def prune(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
     parsed = parse_recipe(recipe)
-    for step in parsed.steps:  # every pattern and every input is checked before anything changes
-        _select(model, step)
+    # every pattern and every input is checked before anything changes
+    selected = [_select(model, step) for step in parsed.steps]
     _check_inputs(model, parsed, train, data, undo or dry_run)
     structured = any(step.kind == "structured" for step in parsed.steps)
     started = time.perf_counter()
@@ -209,8 +209,10 @@ def prune(
         training = Training(
             train, loss, (lambda m: _evaluate(evaluate, m)) if evaluate is not None else None, progress
         )
-        for step in parsed.steps:
-            results.append(_apply(model, step, keep, done, example_input, data, training))
+        for i, step in enumerate(parsed.steps):
+            # the first step's selection still holds unless a rewind put other tensors back
+            known = selected[0] if i == 0 and not rewound else None
+            results.append(_apply(model, step, keep, done, example_input, data, training, known))
         after = _measure(model, example_input) if report else None
         latency_after = latency(model, example_input) if latency_before is not None else None
         # a last step that trained measured the final model already (after its last epoch or step)
@@ -301,10 +303,16 @@ def _apply(
     example_input: object,
     data: object,
     training: Training,
+    targets: list[Target] | None = None,
 ) -> StepResult:
-    """Apply one step; its entry joins ``done`` before it starts, so a failure half-way rolls back."""
+    """Apply one step; its entry joins ``done`` before it starts, so a failure half-way rolls back.
+
+    ``targets``: the step's selection when it is known to hold still (else it is made again:
+    an earlier structured or quantize step may have replaced tensors).
+    """
     started = time.perf_counter()
-    targets = _select(model, step)  # again: an earlier structured step may have replaced tensors
+    if targets is None:
+        targets = _select(model, step)
     # only a plain clip may go without a record (a failed forward check, a long training run
     # or a quantization must be able to roll back); without one, don't stop half-way
     recorded = keep or step.kind != "clip" or gradual(step)

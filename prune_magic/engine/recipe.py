@@ -16,6 +16,7 @@ the line and, where it can, the nearest valid word.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -254,7 +255,13 @@ def parse_step(line: str, number: int = 1) -> Step:
     return Step(kind, options, number)
 
 
+#: A word as shlex splits them (its whitespace is these four characters only).
+_WORDS = re.compile(r"[^ \t\r\n]+")
+
+
 def _tokens(line: str, number: int) -> list[str]:
+    if not any(c in line for c in "\"'\\\n"):  # nothing quoted, escaped or after a newline: as shlex
+        return _WORDS.findall(line.partition("#")[0])
     try:
         return shlex.split(line, comments=True)
     except ValueError as exc:  # unbalanced quotes

@@ -53,11 +53,13 @@ def select(
     >>> [t.name for t in select(model, exclude=["2"])]
     ['0.weight']
     """
-    candidates = {id(t.param): t for t in _all_targets(model)}
-    if layers:
-        chosen = _match_all(model, layers, "layers")
-    else:
-        chosen = {key: t.name for key, t in candidates.items() if _is_default(model, t.name)}
+    candidates: dict[int, Target] = {}
+    defaults: dict[int, str] = {}
+    for target, default in _all_targets(model):
+        candidates[id(target.param)] = target
+        if default:
+            defaults[id(target.param)] = target.name
+    chosen = _match_all(model, layers, "layers") if layers else defaults
     if exclude:
         for key in _match_all(model, exclude, "exclude"):
             chosen.pop(key, None)
@@ -74,16 +76,19 @@ def select(
     return targets
 
 
-def _all_targets(model: nn.Module) -> Iterator[Target]:
-    modules = dict(model.named_modules())
-    for name, param in model.named_parameters():  # tied parameters come once
-        owner = name.rpartition(".")[0]
-        yield Target(name, type(modules[owner]).__name__, param)
-
-
-def _is_default(model: nn.Module, param_name: str) -> bool:
-    owner, _, attr = param_name.rpartition(".")
-    return attr == "weight" and isinstance(model.get_submodule(owner), DEFAULT_TYPES)
+def _all_targets(model: nn.Module) -> Iterator[tuple[Target, bool]]:
+    """Every parameter, in ``model.named_parameters()`` order and under the same names
+    (tied ones once), with whether it is selected by default (a Linear or ConvNd weight)."""
+    seen: set[int] = set()
+    for owner, module in model.named_modules():
+        default = isinstance(module, DEFAULT_TYPES)
+        kind = type(module).__name__
+        for attr, param in module._parameters.items():
+            if param is None or id(param) in seen:
+                continue
+            seen.add(id(param))
+            name = f"{owner}.{attr}" if owner else attr
+            yield Target(name, kind, param), default and attr == "weight"
 
 
 def _match_all(model: nn.Module, patterns: Sequence[str], option: str) -> dict[int, str]:

@@ -1,7 +1,8 @@
-"""The exact select behind global clipping: sampled bracket, its fallback, both kernels."""
+"""The exact select behind global clipping: sampled bracket, its fallback, every kernel."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -15,10 +16,12 @@ from tests.conftest import same_bits, state, use_kernels
 BIG = 3 * magnitude.SMALL  # above SMALL: the sampled bracket is used
 
 
-@pytest.fixture(params=["numpy", "torch"])
+@pytest.fixture(params=["numba", "numpy", "torch"])
 def kernels(request, monkeypatch) -> str:
-    """Run with the numpy chunk kernels (the CPU default) and with the device (torch) ones."""
-    monkeypatch.setattr(magnitude, "use_numpy", request.param == "numpy")
+    """Run the select with the compiled kernels (numba: the CPU default when installed), the
+    numpy chunk kernels, and the device (torch) ones."""
+    use_kernels(monkeypatch, numba=request.param == "numba")
+    monkeypatch.setattr(magnitude, "use_numpy", request.param != "torch")
     return str(request.param)
 
 
@@ -66,11 +69,21 @@ def brute(tensors: list[torch.Tensor], k: int) -> tuple[int, int, int, list[list
 
 
 def check(tensors: list[torch.Tensor], k: int, sample: bool = True) -> magnitude.Cut:
-    cut = select_cut(tensors, k, sample=sample)
+    marks = [np.full(-(-t.numel() // 8), 0xA5, np.uint8) for t in tensors]  # junk to overwrite
+    cut = select_cut(tensors, k, sample=sample, marks=marks)
     key, below, equal, ties = brute(tensors, k)
     assert (cut.key, cut.below, cut.equal) == (key, below, equal)
     if cut.ties is not None:
         assert [t.tolist() for t in cut.ties] == ties
+    if cut.marked is not None:  # what the cut zeroes, less the +0.0 there already
+        mask = (1 << key_bits(tensors[0].dtype)) - 1
+        for tensor, packed, count, tied in zip(tensors, marks, cut.marked, ties):
+            bits = int_view(tensor).long()
+            going = (bits & mask) < key
+            going[tied] = True
+            want = going & (bits != 0)
+            got = torch.from_numpy(np.unpackbits(packed, bitorder="little")[: tensor.numel()]).bool()
+            assert torch.equal(got, want) and count == int(want.sum())
     return cut
 
 
@@ -87,6 +100,7 @@ def test_select_is_exact_in_every_dtype(kernels, fallbacks, dtype: torch.dtype, 
     for k in (1, 5, n // 2, round(0.9 * n), n - 1, n):
         cut = check(tensors, k)
         assert cut.ties is not None  # found by the bracket, positions kept
+        assert (cut.marked is not None) == (kernels == "numba")  # the record's masks come with it
         check(tensors, k, sample=False)  # and the radix select alone agrees
     assert len(fallbacks) == 6  # only the sample=False calls
 
@@ -98,7 +112,7 @@ def test_a_bracket_that_misses_falls_back_to_the_exact_select(kernels, fallbacks
     weights = torch.linspace(1.0, 2.0, n)
     weights[::stride] = 1e-6
     cut = check([weights], round(0.5 * n))
-    assert cut.ties is None and len(fallbacks) == 1
+    assert cut.ties is None and cut.marked is None and len(fallbacks) == 1
 
 
 def test_too_many_ties_in_the_bracket_fall_back_to_the_exact_select(kernels, fallbacks) -> None:

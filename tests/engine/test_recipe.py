@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import prune_magic as pm
-from prune_magic.engine.recipe import parse_recipe
+from prune_magic.engine.recipe import _tokens, parse_recipe
 from tests.conftest import same_bits, state
 
 
@@ -22,6 +26,21 @@ def test_a_recipe_is_lines_of_steps_with_comments() -> None:
     assert recipe.steps[1].options["layers"] == ("classifier", "fc*")
     assert recipe.steps[1].line == 4
     assert parse_recipe(str(recipe)).steps[1].options == recipe.steps[1].options
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab=1 .#\t,*-_\xa0\x0b\x0c\r\n'\"\\", max_size=24))
+def test_lines_split_into_words_as_shlex_splits_them(line: str) -> None:
+    """The fast path for lines with nothing quoted gives what shlex gives (or the same error)."""
+    try:
+        expected: list[str] | str = shlex.split(line, comments=True)
+    except ValueError:
+        expected = "error"
+    try:
+        got: list[str] | str = _tokens(line, 1)
+    except pm.RecipeError:
+        got = "error"
+    assert got == expected
 
 
 def test_amount_takes_a_percentage() -> None:

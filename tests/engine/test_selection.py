@@ -53,6 +53,23 @@ def test_tied_weights_are_selected_once() -> None:
     assert int((embed.weight == 0).sum()) == 20
 
 
+def test_targets_come_in_named_parameters_order_under_the_same_names() -> None:
+    """A tied weight under its first name; modules nested, reused and without parameters."""
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 1),
+        nn.Sequential(nn.ReLU(), nn.Linear(4, 5), shared),
+        nn.BatchNorm1d(5),
+        shared,
+        nn.Embedding(6, 3),
+    )
+    model.add_module("head", nn.Linear(3, 6, bias=False))
+    model.head.weight = model[4].weight  # tied: named once, as 4.weight
+    every = [t.name for t in pm.select(model, ["*.weight", "*.bias"])]
+    assert every == [n for n, _ in model.named_parameters()]
+    assert names(model) == ["0.weight", "1.1.weight", "1.2.weight"]
+
+
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [

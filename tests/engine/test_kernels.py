@@ -1,0 +1,44 @@
+"""The compiled record kernels' guards, and the memory an undo record is written to."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from prune_magic.engine import _kernels, clip
+from tests.conftest import use_kernels
+
+
+def test_compact_refuses_a_values_array_without_slack_and_touches_nothing(monkeypatch) -> None:
+    use_kernels(monkeypatch, numba=True)
+    compiled = _kernels.kernels()
+    assert compiled is not None
+    bits = np.arange(1, 21, dtype=np.int32)
+    packed = np.packbits(bits % 3 == 0, bitorder="little")  # 6 marked
+    for size in (0, 5, 6):  # too small: the loop writes one past the last marked value
+        values = np.zeros(size, np.int32)
+        assert compiled.compact(bits, packed, values) == -1
+        assert bits.tolist() == list(range(1, 21)) and not values.any()
+    values = np.zeros(7, np.int32)
+    assert compiled.compact(bits, packed, values) == 6
+    assert values[:6].tolist() == [3, 6, 9, 12, 15, 18]
+    assert bits.tolist() == [0 if b % 3 == 0 else b for b in range(1, 21)]
+
+
+@pytest.mark.parametrize("n", [10, 300_000, 700_000])
+def test_fresh_arrays_hold_what_is_written(n: int) -> None:
+    values = clip.fresh(n, np.dtype(np.int32))
+    assert values.shape == (n,) and values.dtype == np.int32 and values.flags.writeable
+    values[:] = np.arange(n, dtype=np.int32)
+    assert int(values[-1]) == n - 1 and int(values.sum(dtype=np.int64)) == n * (n - 1) // 2
+    if sys.platform.startswith("linux") and values.nbytes >= clip.HUGE_PAGE:
+        assert values.ctypes.data % clip.HUGE_PAGE == 0  # starts on a huge page boundary
+
+
+def test_fresh_skips_advice_the_kernel_refuses(monkeypatch) -> None:
+    monkeypatch.setattr(clip, "MADV_POPULATE_WRITE", 12345)  # no such advice: EINVAL
+    values = clip.fresh(600_000, np.dtype(np.float32))
+    values[:] = 1.5
+    assert float(values.sum()) == 900_000.0
