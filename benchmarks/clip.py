@@ -20,7 +20,7 @@ Torch threads are set from ``--threads`` here (the library never sets them).
 The undo record of a CPU clip is built by numba-compiled kernels when numba is installed
 (``pip install prune-magic[fast]``), else by numpy ones; ``PRUNE_MAGIC_NUMBA=0`` forces
 numpy. The header says which ran. The first call in a process pays numba's import and
-loading (or compiling) the kernels, about 0.5 s: the warm-up run on a tiny model takes it,
+loading (or compiling) the kernels, about 0.5 s: the warm-up run on a small model takes it,
 so it is in no timed call (the tables keep the best of ``--repeat`` runs anyway).
 """
 
@@ -528,8 +528,11 @@ def bench_size(params: int, repeat: int, slow: float, forward_budget: float) -> 
 
 
 def warm_up() -> None:
-    """Run every method once on a tiny model: lazy imports and first-call costs go here."""
-    model = build(20_000)
+    """Run every method once on a small model: lazy imports and first-call costs go here.
+
+    Large enough for the compiled kernels (a step over fewer weights runs numpy's), so
+    loading them is paid here too."""
+    model = build(2 * _kernels.MIN_WEIGHTS)
     original = Original(model)
     for recipe in (GLOBAL, LAYER):
         for undo in (True, False):

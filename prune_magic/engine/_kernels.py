@@ -8,7 +8,7 @@ kernel here runs one loop over the integer bit patterns of a tensor:
 
 - :func:`_gather`: the select's pass (count below the bracket, gather the keys inside it)
   that also marks, in the record's packed mask, what goes whatever the cut;
-  :func:`_mark_at` then marks the gathered keys that go;
+  :func:`_mark_at` then marks the gathered ones that go;
 - :func:`_mark`: the mask and count for a known cut (``threshold=``, ``sigma=``);
 - :func:`_compact`: copies the marked old values out and zeroes them.
 
@@ -89,7 +89,7 @@ def _gather(
     lo: int,
     hi: int,
     mask: int,
-    keys: Array,
+    patterns: Array,
     positions: Array,
     used: int,
     packed: Array,
@@ -97,18 +97,19 @@ def _gather(
     low: Array,
 ) -> tuple[int, int, int]:
     """The select's pass (``magnitude.select_cut``) over one tensor: count the keys below
-    ``lo``; append the keys in ``lo..hi`` and their positions to ``keys``/``positions`` from
-    index ``used`` on; when ``packed`` is not empty, set its bit i for each element i with a
-    key below ``lo`` that is not +0.0 already (those go whatever the cut).
+    ``lo``; append the elements with a key in ``lo..hi`` (their bit patterns, sign and all)
+    and their positions to ``patterns``/``positions`` from index ``used`` on; when ``packed`` is
+    not empty, set its bit i for each element i with a key below ``lo`` that is not +0.0
+    already (those go whatever the cut).
 
     Block by block: a branch-free loop (vectorized) writes a flag byte per element; then the
     flags are read eight at a time, and only the few in the bracket are visited. ``inside``
     and ``low`` are the flags' scratch: uint8, of one length, a multiple of 8. Returns
     (keys below ``lo``, bits set in ``packed``, ``used`` after); ``used`` past
-    ``len(keys) - 1`` means the buffers overflowed (what was found past the end is lost).
+    ``len(patterns) - 1`` means the buffers overflowed (what was found past the end is lost).
     """
     n = bits.shape[0]
-    cap = keys.shape[0] - 1
+    cap = patterns.shape[0] - 1
     block = inside.shape[0]  # a multiple of 8: each block packs into whole bytes of ``packed``
     inside_words = inside.view(np.uint64)
     low_words = low.view(np.uint64)
@@ -140,7 +141,7 @@ def _gather(
             while word:  # the flags set in these eight: rare
                 i = (w << 3) + int(((word & (~word + np.uint64(1))) * _BYTE_INDEX) >> np.uint64(56))
                 j = min(used, cap)
-                keys[j] = chunk[i] & mask
+                patterns[j] = chunk[i]  # the whole bit pattern: its key, and whether it is +0.0
                 positions[j] = start + i
                 used += 1
                 word &= word - np.uint64(1)
@@ -151,13 +152,13 @@ def _gather(
     return below, marked, used
 
 
-def _mark_at(bits: Array, packed: Array, positions: Array) -> int:
-    """Set the bits of ``packed`` at ``positions`` where the element is not +0.0 already;
-    returns how many were set (none of them may be set before)."""
+def _mark_at(packed: Array, positions: Array, found: Array, going: Array) -> int:
+    """Set the bits of ``packed`` at ``positions[p]`` for each ``going[p]`` whose bit pattern
+    ``found[p]`` is not +0.0 (no change); returns how many were set (none may be set before)."""
     count = 0
     for p in range(positions.shape[0]):
-        i = positions[p]
-        if bits[i] != 0:
+        if going[p] and found[p] != 0:
+            i = positions[p]
             packed[i >> 3] |= np.uint8(1) << np.uint8(i & 7)
             count += 1
     return count
@@ -239,7 +240,7 @@ class Kernels:
         lo: int,
         hi: int,
         mask: int,
-        keys: Array,
+        patterns: Array,
         positions: Array,
         used: int,
         packed: Array,
@@ -253,7 +254,7 @@ class Kernels:
             kind(lo),
             kind(hi),
             kind(mask),
-            keys,
+            patterns,
             positions,
             used,
             packed,
@@ -262,17 +263,26 @@ class Kernels:
         )
         return int(below), int(marked), int(after)
 
-    def mark_at(self, bits: Array, packed: Array, positions: Array) -> int:
-        return int(self._mark_at(bits, packed, positions))
+    def mark_at(self, packed: Array, positions: Array, found: Array, going: Array) -> int:
+        return int(self._mark_at(packed, positions, found, going))
 
 
 _loaded: Kernels | None = None
 
+#: Steps over fewer weights run the numpy kernels: importing numba and loading the kernels
+#: costs about 0.65 s once per process (2 s or more the first time on a machine, to
+#: compile them), and on a small model the numpy kernels take a few milliseconds anyway.
+MIN_WEIGHTS = 1 << 18
 
-def kernels() -> Kernels | None:
-    """The compiled kernels, or None when numba is off or not installed."""
+
+def kernels(weights: int | None = None) -> Kernels | None:
+    """The compiled kernels, or None when numba is off or not installed, or when a step
+    over ``weights`` weights is too small to be worth them (fewer than :data:`MIN_WEIGHTS`,
+    unless ``use_numba`` is True)."""
     global _loaded
     if use_numba is False or (use_numba is None and os.environ.get(ENV, "").strip() == "0"):
+        return None
+    if use_numba is None and weights is not None and weights < MIN_WEIGHTS:
         return None
     if _loaded is None:
         try:

@@ -55,12 +55,15 @@ def apply_clip(step: Step, targets: Sequence[Target], records: list[TensorRecord
     without another pass over them (amount steps), else None.
     """
     options = step.options
+    total = sum(t.param.numel() for t in targets)
+    # the compiled kernels build the record on the CPU, for a step large enough to be worth them
+    on_cpu = records is not None and all(on_numpy(t.param) for t in targets)
+    compiled = _kernels.kernels(total) if on_cpu else None
     if "amount" in options:
         amount = float(options["amount"])  # type: ignore[arg-type]
         if options.get("scope") == "global":
-            total = sum(t.param.numel() for t in targets)
-            return _clip_count(targets, round(amount * total), records)
-        zeros = [_clip_count([t], round(amount * t.param.numel()), records) for t in targets]
+            return _clip_count(targets, round(amount * total), records, compiled, total)
+        zeros = [_clip_count([t], round(amount * t.param.numel()), records, compiled, total) for t in targets]
         return None if None in zeros else sum(z for z in zeros if z is not None)
     for target in targets:
         if "threshold" in options:
@@ -68,7 +71,7 @@ def apply_clip(step: Step, targets: Sequence[Target], records: list[TensorRecord
         else:
             threshold = float(options["sigma"]) * layer_std(target.param)  # type: ignore[arg-type]
         size = chunk_size(target.param.numel())
-        _zero_below(target, threshold_key(threshold, target.param.dtype), records, size)
+        _zero_below(target, threshold_key(threshold, target.param.dtype), records, compiled, size)
     return None
 
 
@@ -78,14 +81,23 @@ def layer_std(param: torch.Tensor) -> float:
     return float(values.std() if values.dtype in (torch.float32, torch.float64) else values.float().std())
 
 
-def _clip_count(targets: Sequence[Target], k: int, records: list[TensorRecord] | None) -> int | None:
-    """Zero exactly the ``k`` smallest magnitudes over ``targets``; return the zeros after."""
+def _clip_count(
+    targets: Sequence[Target],
+    k: int,
+    records: list[TensorRecord] | None,
+    compiled: _kernels.Kernels | None,
+    weights: int,
+) -> int | None:
+    """Zero exactly the ``k`` smallest magnitudes over ``targets``; return the zeros after.
+
+    ``compiled``: the kernels that build the record (CPU targets, a record kept), or None.
+    ``weights``: how many weights the whole step clips (it decides the select's kernels).
+    """
     if k == 0:
         return None
-    compiled = _kernels.kernels() if records is not None and all(on_numpy(t.param) for t in targets) else None
     # the compiled select marks what the cut zeroes as it goes: the record's masks
     marks = [np.empty(-(-t.param.numel() // 8), np.uint8) for t in targets] if compiled is not None else None
-    cut = select_cut([t.param for t in targets], k, marks=marks)
+    cut = select_cut([t.param for t in targets], k, marks=marks, weights=weights)
     if cut.key == 0:  # the cut falls among weights that are zero already
         return cut.equal
     if compiled is not None and marks is not None and cut.marked is not None and records is not None:
@@ -106,7 +118,8 @@ def _clip_count(targets: Sequence[Target], k: int, records: list[TensorRecord] |
         key, ties, positions = key + 1, 0, None
     size = chunk_size(sum(t.param.numel() for t in targets))
     for i, target in enumerate(targets):
-        ties = _zero_below(target, key, records, size, ties, None if positions is None else positions[i])
+        where = None if positions is None else positions[i]
+        ties = _zero_below(target, key, records, compiled, size, ties, where)
     return k
 
 
@@ -114,6 +127,7 @@ def _zero_below(
     target: Target,
     key: int,
     records: list[TensorRecord] | None,
+    compiled: _kernels.Kernels | None,
     size: int,
     ties: int = 0,
     where: torch.Tensor | None = None,
@@ -122,7 +136,8 @@ def _zero_below(
 
     The ties zeroed here are the elements at positions ``where`` when given, else the
     first ``ties`` elements equal to ``key`` in this tensor. Returns how many of the
-    ``ties`` are still to be zeroed (in the next tensors).
+    ``ties`` are still to be zeroed (in the next tensors). ``compiled``: the kernels that
+    build the record on the CPU, or None.
     """
     param = target.param
     lambd = shrink_value(key, param.dtype)
@@ -147,7 +162,6 @@ def _zero_below(
             ties -= hits.numel()
         return ties
     record = TensorRecord(target.name)
-    compiled = _kernels.kernels() if on_numpy(param) else None
     if compiled is not None:
         if where is None:
             ties = _record_compiled(compiled, bits.numpy(), key, mask, size, record, ties, None)

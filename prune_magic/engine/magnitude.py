@@ -153,17 +153,20 @@ def select_cut(
     *,
     sample: bool = True,
     marks: Sequence[np.ndarray[Any, Any]] | None = None,
+    weights: int | None = None,
 ) -> Cut:
     """The k-th smallest magnitude (1-based) over ``tensors``, exactly (see :class:`Cut`).
 
     ``sample=False`` skips the sampled bracket and runs the exact radix select.
 
-    ``marks``: one uint8 array per tensor of ``ceil(numel / 8)`` bytes. Where the compiled
-    CPU kernels run the select (numba, :mod:`._kernels`), its pass also sets bit i of a
-    tensor's array for each element i the cut zeroes that is not +0.0 already (packed as
-    :func:`pack_bits` packs), and ``Cut.marked`` counts them: the mask of a clip's undo
-    record comes with the select, no second pass. Else (``Cut.marked`` None) the arrays
-    hold nothing meaningful.
+    The compiled CPU kernels (numba, :mod:`._kernels`) run the select when a step over
+    ``weights`` weights (default: these tensors') is worth them (see
+    :func:`._kernels.kernels`), or when ``marks`` are given: one uint8 array per tensor of
+    ``ceil(numel / 8)`` bytes, from a caller that holds the kernels. Then the select's pass
+    also sets bit i of a tensor's array for each element i the cut zeroes that is not +0.0
+    already (packed as :func:`pack_bits` packs), and ``Cut.marked`` counts them: the mask
+    of a clip's undo record comes with the select, no second pass. Else (``Cut.marked``
+    None) the arrays hold nothing meaningful.
     """
     dtype = tensors[0].dtype
     if any(t.dtype != dtype for t in tensors):
@@ -180,7 +183,9 @@ def select_cut(
         most = _abs_mask(dtype)
         lo, hi = (0, most) if total <= SMALL else _bracket(views, k, total, most)
         cap = max(SMALL, total // 32)  # candidates kept: 8-16 bytes each, <= 0.5 B/w
-        compiled = _kernels.kernels() if all(on_numpy(v) for v in views) else None
+        # given marks, the caller chose the compiled kernels already, whatever the size
+        size = None if marks is not None else weights or total
+        compiled = _kernels.kernels(size) if all(map(on_numpy, views)) else None
         if compiled is not None:
             cut = _select_compiled(compiled, [int_array(t) for t in tensors], k, lo, hi, cap, marks)
             if cut is not None:
@@ -229,7 +234,7 @@ def _select_compiled(
     buffer, in selection order, then flat order); None when the bracket missed or held
     more than ``cap`` keys."""
     most = _abs_mask_of_array(arrays[0])
-    keys = np.empty(cap + 1, arrays[0].dtype)  # one slot of slack: see _kernels._gather
+    patterns = np.empty(cap + 1, arrays[0].dtype)  # one slot of slack: see _kernels._gather
     # positions within one tensor: 4 bytes do unless a tensor is that large
     positions = np.empty(cap + 1, np.int64 if max(a.size for a in arrays) >= 1 << 31 else np.int32)
     no_marks = np.empty(0, np.uint8)
@@ -239,7 +244,7 @@ def _select_compiled(
     for i, bits in enumerate(arrays):
         starts.append(used)
         under, set_bits, used = compiled.gather(
-            bits, lo, hi, most, keys, positions, used, no_marks if marks is None else marks[i], scratch
+            bits, lo, hi, most, patterns, positions, used, no_marks if marks is None else marks[i], scratch
         )
         if used > cap:
             return None
@@ -248,7 +253,7 @@ def _select_compiled(
     starts.append(used)
     if not below < k <= below + used:
         return None
-    found = keys[:used]
+    found = patterns[:used] & most  # their keys
     rank = k - below  # 1-based, among the candidates
     key = int(np.partition(found, rank - 1)[rank - 1])
     going = found < key
@@ -257,12 +262,13 @@ def _select_compiled(
     tied = same[: rank - smaller]  # the first ties in selection order go too
     going[tied] = True
     ties = []
-    for i, bits in enumerate(arrays):
+    for i in range(len(arrays)):
         start, end = starts[i], starts[i + 1]
         inside = tied[(tied >= start) & (tied < end)] if tied.size else tied
         ties.append(torch.from_numpy(positions[inside].astype(np.int64)))
         if marks is not None and end > start:
-            marked[i] += compiled.mark_at(bits, marks[i], positions[start:end][going[start:end]])
+            segment = slice(start, end)
+            marked[i] += compiled.mark_at(marks[i], positions[segment], patterns[segment], going[segment])
     return Cut(key, below + smaller, same.size, tuple(ties), tuple(marked) if marks is not None else None)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import prune_magic as pm
 from prune_magic.engine import clip as clip_module
-from tests.conftest import same_bits, state
+from tests.conftest import same_bits, state, use_kernels
 
 
 def test_undo_goes_back_one_step_and_reset_to_the_start(mlp) -> None:
@@ -136,6 +136,25 @@ def test_a_step_interrupted_half_way_is_rolled_back(mlp, monkeypatch, exc) -> No
     assert same_bits(mlp, before)
     monkeypatch.undo()
     pm.undo(mlp)  # the history still works: the rollback was not an outside change
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_a_compiled_global_clip_interrupted_half_way_is_rolled_back(mlp, monkeypatch, exc) -> None:
+    """The compiled record path zeroes tensor by tensor too: a failure after two of them."""
+    calls = use_kernels(monkeypatch, numba=True)
+    before = state(mlp)
+    real = clip_module._store_compiled
+
+    def flaky(*args):
+        if len(calls) == 2:  # two tensors already zeroed and recorded
+            raise exc
+        return real(*args)
+
+    monkeypatch.setattr(clip_module, "_store_compiled", flaky)
+    with pytest.raises(exc):
+        pm.prune(mlp, "clip amount=0.9 scope=global")
+    assert len(calls) == 2 and same_bits(mlp, before)
+    assert len(pm.history(mlp)) == 0
 
 
 def test_the_same_tag_again_replaces_its_steps_instead_of_compounding(mlp) -> None:

@@ -6,7 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from torch import nn
 
+import prune_magic as pm
 from prune_magic.engine import _kernels, clip
 from tests.conftest import use_kernels
 
@@ -42,3 +44,25 @@ def test_fresh_skips_advice_the_kernel_refuses(monkeypatch) -> None:
     values = clip.fresh(600_000, np.dtype(np.float32))
     values[:] = 1.5
     assert float(values.sum()) == 900_000.0
+
+
+def test_small_steps_run_numpy_unless_numba_is_forced(monkeypatch) -> None:
+    """Loading numba costs more than it saves below MIN_WEIGHTS; forcing it (tests) still works."""
+    calls = use_kernels(monkeypatch, numba=True)  # skips without numba, fails in CI
+    monkeypatch.setattr(_kernels, "use_numba", None)  # automatic
+    monkeypatch.delenv(_kernels.ENV, raising=False)
+    assert _kernels.kernels(_kernels.MIN_WEIGHTS - 1) is None
+    assert _kernels.kernels(_kernels.MIN_WEIGHTS) is not None
+    small = nn.Sequential(nn.Linear(64, 64, bias=False))
+    pm.prune(small, "clip amount=0.5 scope=global")
+    assert not calls
+    large = nn.Sequential(nn.Linear(512, 256, bias=False), nn.Linear(256, 512, bias=False))  # MIN_WEIGHTS
+    assert sum(p.numel() for p in large.parameters()) == _kernels.MIN_WEIGHTS
+    pm.prune(large, "clip amount=0.5 scope=global")
+    assert len(calls) == 2  # one copy-out pass per tensor
+    large.append(nn.Linear(512, 2, bias=False))
+    pm.prune(large, "clip amount=0.6")  # the step decides: its small layer too
+    assert len(calls) == 5
+    monkeypatch.setattr(_kernels, "use_numba", True)
+    pm.prune(small, "clip amount=0.7")
+    assert len(calls) == 6
