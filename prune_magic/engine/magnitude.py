@@ -187,7 +187,7 @@ def select_cut(
         size = None if marks is not None else weights or total
         compiled = _kernels.kernels(size) if all(map(on_numpy, views)) else None
         if compiled is not None:
-            cut = _select_compiled(compiled, [int_array(t) for t in tensors], k, lo, hi, cap, marks)
+            cut = _select_compiled(compiled, [int_array(t) for t in tensors], k, lo, hi, most, cap, marks)
             if cut is not None:
                 return cut
         else:
@@ -221,19 +221,23 @@ def _bracket(views: list[torch.Tensor], k: int, total: int, most: int) -> tuple[
     return lo, hi
 
 
+#: Elements per block of the compiled select's flags (see ``_kernels._gather``).
+_FLAGS = 4096
+
+
 def _select_compiled(
     compiled: _kernels.Kernels,
     arrays: list[np.ndarray[Any, Any]],
     k: int,
     lo: int,
     hi: int,
+    most: int,
     cap: int,
     marks: Sequence[np.ndarray[Any, Any]] | None,
 ) -> Cut | None:
     """The bracket's pass and the pick with the compiled kernels (one shared candidate
     buffer, in selection order, then flat order); None when the bracket missed or held
-    more than ``cap`` keys."""
-    most = _abs_mask_of_array(arrays[0])
+    more than ``cap`` keys. ``most``: the key mask (every bit but the sign)."""
     patterns = np.empty(cap + 1, arrays[0].dtype)  # one slot of slack: see _kernels._gather
     # positions within one tensor: 4 bytes do unless a tensor is that large
     positions = np.empty(cap + 1, np.int64 if max(a.size for a in arrays) >= 1 << 31 else np.int32)
@@ -270,14 +274,6 @@ def _select_compiled(
             segment = slice(start, end)
             marked[i] += compiled.mark_at(marks[i], positions[segment], patterns[segment], going[segment])
     return Cut(key, below + smaller, same.size, tuple(ties), tuple(marked) if marks is not None else None)
-
-
-#: Elements per block of the compiled select's flags (see ``_kernels._gather``).
-_FLAGS = 4096
-
-
-def _abs_mask_of_array(array: np.ndarray[Any, Any]) -> int:
-    return (1 << (8 * array.itemsize - 1)) - 1
 
 
 Found = tuple[int, list[torch.Tensor], list[torch.Tensor]]
