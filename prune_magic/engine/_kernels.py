@@ -164,23 +164,23 @@ def _mark_at(packed: Array, positions: Array, found: Array, going: Array) -> int
     return count
 
 
-def _popcount(packed: Array) -> int:
-    """Bits set in a uint8 array (eight bytes at a time)."""
+def _popcounts(packed: Array, step: int, counts: Array) -> None:
+    """Add to ``counts[c]`` the bits set in ``packed[c * step : (c + 1) * step]``, for every
+    chunk c (``step`` a multiple of 8: the bytes are read eight at a time)."""
     whole = packed.shape[0] >> 3
     words = packed[: whole << 3].view(np.uint64)
-    total = 0
+    per = step >> 3  # words per chunk
     for w in range(whole):
         x = words[w]
         x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
         x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
         x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-        total += int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+        counts[w // per] += int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
     for b in range(whole << 3, packed.shape[0]):
         x = int(packed[b])
         while x:
-            total += 1
+            counts[b // step] += 1
             x &= x - 1
-    return total
 
 
 def _compact(bits: Array, packed: Array, values: Array) -> int:
@@ -189,7 +189,7 @@ def _compact(bits: Array, packed: Array, values: Array) -> int:
 
     ``values`` must have one element of slack past the marked count (the loop writes one
     past the last marked value): :meth:`Kernels.compact` checks that with
-    :func:`_popcount` first, as the loop does not."""
+    :func:`_popcounts` first, as the loop does not."""
     n = bits.shape[0]
     j = 0
     for b in range(n >> 3):  # one flat pass, a mask byte at a time; branch-free
@@ -217,7 +217,7 @@ class Kernels:
         jit = numba.njit(cache=True, nogil=True)
         self._mark = jit(_mark)
         self._compact = jit(_compact)
-        self._popcount = jit(_popcount)
+        self._popcounts = jit(_popcounts)
         self._gather = jit(_gather)
         self._mark_at = jit(_mark_at)
 
@@ -230,9 +230,16 @@ class Kernels:
     def compact(self, bits: Array, packed: Array, values: Array) -> int:
         """:func:`_compact`; -1, touching nothing, when ``values`` has no slack past the
         values marked in ``packed``."""
-        if self._popcount(packed) >= values.shape[0]:
+        if int(self.popcounts(packed, -(-packed.shape[0] // 8) * 8).sum()) >= values.shape[0]:
             return -1
         return int(self._compact(bits, packed, values))
+
+    def popcounts(self, packed: Array, step: int) -> Array:
+        """The bits set in each ``step`` bytes of ``packed`` (``step`` a multiple of 8), as
+        int64 (``np.bitwise_count`` needs numpy 2)."""
+        counts = np.zeros(max(1, -(-packed.shape[0] // step)), np.int64)
+        self._popcounts(packed, step, counts)
+        return counts
 
     def gather(
         self,

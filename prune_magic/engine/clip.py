@@ -221,11 +221,7 @@ def _store_compiled(
     # values per chunk, from the mask (with several chunks, ``size`` is a multiple of 64:
     # each chunk packs into whole bytes)
     step = size // 8
-    if n <= size:
-        ends = [count]
-    else:
-        per_chunk = np.add.reduceat(np.bitwise_count(packed), np.arange(0, packed.size, step), dtype=np.int64)
-        ends = np.cumsum(per_chunk).tolist()
+    ends = [count] if n <= size else np.cumsum(compiled.popcounts(packed, step)).tolist()
     done = 0
     for c, end in enumerate(ends):
         start = c * size

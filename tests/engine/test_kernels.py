@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 import prune_magic as pm
@@ -66,3 +67,27 @@ def test_small_steps_run_numpy_unless_numba_is_forced(monkeypatch) -> None:
     monkeypatch.setattr(_kernels, "use_numba", True)
     pm.prune(small, "clip amount=0.7")
     assert len(calls) == 6
+
+
+def test_popcounts_per_chunk(monkeypatch) -> None:
+    use_kernels(monkeypatch, numba=True)
+    compiled = _kernels.kernels()
+    assert compiled is not None
+    rng = np.random.default_rng(0)
+    packed = rng.integers(0, 256, 1003, dtype=np.uint8)  # not a whole number of words
+    want = [int(np.unpackbits(packed[c : c + 64]).sum()) for c in range(0, 1003, 64)]
+    assert compiled.popcounts(packed, 64).tolist() == want
+    assert compiled.popcounts(packed, 1008).tolist() == [sum(want)]
+
+
+def test_the_compiled_path_runs_on_numpy_1(monkeypatch) -> None:
+    """numpy>=1.24 is allowed: nothing numpy 2 added (np.bitwise_count) may be called."""
+    use_kernels(monkeypatch, numba=True)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.Linear(300, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+    result = pm.prune(model, "clip amount=0.9 scope=global\nclip threshold=0.05 layers=1")
+    assert result.steps[0].changed == round(0.9 * 93_000)
+    pm.reset(model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
