@@ -255,7 +255,10 @@ def fresh(n: int, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
     nbytes = n * np.dtype(dtype).itemsize
     if nbytes < MAP_BYTES or not sys.platform.startswith("linux"):
         return np.empty(n, dtype)
-    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:  # no map to be had (strict overcommit, say): the allocator may still manage
+        return np.empty(n, dtype)
     start = -np.frombuffer(region, np.uint8, 1).ctypes.data % HUGE_PAGE  # the first huge page boundary
     whole = nbytes // HUGE_PAGE * HUGE_PAGE
     length = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE

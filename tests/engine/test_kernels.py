@@ -40,6 +40,16 @@ def test_fresh_arrays_hold_what_is_written(n: int) -> None:
         assert values.ctypes.data % clip.HUGE_PAGE == 0  # starts on a huge page boundary
 
 
+def test_fresh_falls_back_to_numpy_when_no_map_is_had(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(clip.mmap, "mmap", refuse)
+    values = clip.fresh(600_000, np.dtype(np.int32))
+    values[:] = 7
+    assert values.shape == (600_000,) and int(values.sum()) == 4_200_000
+
+
 def test_fresh_skips_advice_the_kernel_refuses(monkeypatch) -> None:
     monkeypatch.setattr(clip, "MADV_POPULATE_WRITE", 12345)  # no such advice: EINVAL
     values = clip.fresh(600_000, np.dtype(np.float32))
