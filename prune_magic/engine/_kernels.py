@@ -10,7 +10,9 @@ kernel here runs one loop over the integer bit patterns of a tensor:
   that also marks, in the record's packed mask, what goes whatever the cut;
   :func:`_mark_at` then marks the gathered ones that go;
 - :func:`_mark`: the mask and count for a known cut (``threshold=``, ``sigma=``);
-- :func:`_compact`: copies the marked old values out and zeroes them.
+- :func:`_compact`: copies the marked old values out and zeroes them;
+- :func:`_popcounts`: the bits set in each chunk of a mask (the record's parts, and the
+  check that the values array is large enough before :func:`_compact` writes to it).
 
 They are an accelerator only: without numba (``pip install prune-magic[fast]``), or with
 ``PRUNE_MAGIC_NUMBA=0`` in the environment, the numpy chunk kernels in ``magnitude.py``
