@@ -58,7 +58,7 @@ def use_kernels(monkeypatch: pytest.MonkeyPatch, numba: bool) -> list[int]:
     calls: list[int] = []
     compact = _kernels.Kernels.compact
 
-    def spy(self: _kernels.Kernels, *args: object) -> int:
+    def spy(self: _kernels.Kernels, *args: object) -> tuple[int, object]:
         calls.append(1)
         return compact(self, *args)  # type: ignore[arg-type]
 

@@ -40,10 +40,10 @@ use_numba: bool | None = None
 Array = np.ndarray[Any, Any]
 
 
-def _mark(bits: Array, key: int, mask: int, ties: int, tied: Array, packed: Array) -> tuple[int, int]:
+def _mark(bits: Array, key: int, mask: int, ties: int, packed: Array) -> tuple[int, int]:
     """Set bit i of ``packed`` for each element i to zero: a key below ``key`` and not +0.0
-    already, or a tie at the cut (key ``key``): those at the positions ``tied`` (sorted)
-    when any are given, else the first ``ties`` in flat order. Returns (bits set, ties left)."""
+    already, or one of the first ``ties`` ties at the cut (key ``key``) in flat order.
+    Returns (bits set, ties left)."""
     n = bits.shape[0]
     count = 0
     for b in range(n // 8):  # branch-free
@@ -63,19 +63,13 @@ def _mark(bits: Array, key: int, mask: int, ties: int, tied: Array, packed: Arra
             count += m
             byte |= int(m) << (i % 8)
         packed[n // 8] = byte
-    if tied.shape[0]:
-        for p in range(tied.shape[0]):
-            i = tied[p]
+    i = 0
+    while ties > 0 and i < n:
+        if bits[i] & mask == key:
             packed[i // 8] |= np.uint8(1) << (i % 8)
-        count += tied.shape[0]
-    else:
-        i = 0
-        while ties > 0 and i < n:
-            if bits[i] & mask == key:
-                packed[i // 8] |= np.uint8(1) << (i % 8)
-                count += 1
-                ties -= 1
-            i += 1
+            count += 1
+            ties -= 1
+        i += 1
     return count, ties
 
 
@@ -223,18 +217,18 @@ class Kernels:
         self._gather = jit(_gather)
         self._mark_at = jit(_mark_at)
 
-    def mark(
-        self, bits: Array, key: int, mask: int, ties: int, tied: Array, packed: Array
-    ) -> tuple[int, int]:
-        count, left = self._mark(bits, key, mask, ties, tied, packed)
+    def mark(self, bits: Array, key: int, mask: int, ties: int, packed: Array) -> tuple[int, int]:
+        count, left = self._mark(bits, key, mask, ties, packed)
         return int(count), int(left)
 
-    def compact(self, bits: Array, packed: Array, values: Array) -> int:
-        """:func:`_compact`; -1, touching nothing, when ``values`` has no slack past the
-        values marked in ``packed``."""
-        if int(self.popcounts(packed, -(-packed.shape[0] // 8) * 8).sum()) >= values.shape[0]:
-            return -1
-        return int(self._compact(bits, packed, values))
+    def compact(self, bits: Array, packed: Array, values: Array, step: int) -> tuple[int, Array]:
+        """:func:`_compact`, and the bits marked in each ``step`` bytes of ``packed`` (see
+        :meth:`popcounts`). Returns (values written, those counts); the values written are
+        -1, and nothing is touched, when ``values`` has no slack past the marked ones."""
+        counts = self.popcounts(packed, step)
+        if int(counts.sum()) >= values.shape[0]:
+            return -1, counts
+        return int(self._compact(bits, packed, values)), counts
 
     def popcounts(self, packed: Array, step: int) -> Array:
         """The bits set in each ``step`` bytes of ``packed`` (``step`` a multiple of 8), as

@@ -162,11 +162,9 @@ def _zero_below(
             ties -= hits.numel()
         return ties
     record = TensorRecord(target.name)
-    if compiled is not None:
-        if where is None:
-            ties = _record_compiled(compiled, bits.numpy(), key, mask, size, record, ties, None)
-        else:  # the ties here are at ``where``; none are counted off the rest
-            _record_compiled(compiled, bits.numpy(), key, mask, size, record, 0, where)
+    # (tie positions come only from a select that ran without the compiled kernels)
+    if compiled is not None and where is None:
+        ties = _record_compiled(compiled, bits.numpy(), key, mask, size, record, ties)
     elif on_numpy(param):
         ties = _record_numpy(flat, bits.numpy(), key, lambd, mask, size, record, ties, where)
     else:
@@ -184,19 +182,17 @@ def _record_compiled(
     size: int,
     record: TensorRecord,
     ties: int,
-    where: torch.Tensor | None,
 ) -> int:
     """Zero a CPU tensor and record its changes with the compiled kernels.
 
     One branch-free pass marks the changes in the packed mask (the record's, one array for
     the tensor) and counts them; a second writes the old values to one array of exactly
     that size (one element of slack) and zeroes them. The record's parts are views of the
-    two arrays, one per chunk (so an undo unpacks a chunk at a time). Returns how many
-    ``ties`` are left.
+    two arrays, one per chunk (so an undo unpacks a chunk at a time). The first ``ties``
+    elements whose key is ``key`` go too; returns how many of them are left.
     """
-    tied = _NO_POSITIONS if where is None else where.numpy()
     packed = np.empty(-(-bits.size // 8), np.uint8)
-    count, left = compiled.mark(bits, key, mask, ties, tied, packed)
+    count, left = compiled.mark(bits, key, mask, ties, packed)
     if count:
         values = fresh(count + 1, bits.dtype)
         _store_compiled(compiled, bits, packed, values, size, record)
@@ -215,13 +211,12 @@ def _store_compiled(
     element of slack at its end) to the record, and zero them."""
     n = bits.size
     count = values.size - 1
-    written = compiled.compact(bits, packed, values)
+    # with several chunks, ``size`` is a multiple of 64: each chunk packs into whole bytes
+    step = size // 8 if n > size else -(-packed.size // 8) * 8
+    written, per_chunk = compiled.compact(bits, packed, values, step)
     if written != count:  # cannot happen unless a kernel is broken
         raise RuntimeError(f"compiled clip kernels disagree: {written} values written, {count} counted")
-    # values per chunk, from the mask (with several chunks, ``size`` is a multiple of 64:
-    # each chunk packs into whole bytes)
-    step = size // 8
-    ends = [count] if n <= size else np.cumsum(compiled.popcounts(packed, step)).tolist()
+    ends = np.cumsum(per_chunk).tolist()
     done = 0
     for c, end in enumerate(ends):
         start = c * size
@@ -230,8 +225,6 @@ def _store_compiled(
         record.add_packed(start, length, part, torch.from_numpy(values[done:end]))
         done = end
 
-
-_NO_POSITIONS = np.empty(0, np.int64)
 
 #: Arrays of at least this many bytes get their own memory map (see :func:`fresh`).
 MAP_BYTES = 1 << 20

@@ -22,10 +22,11 @@ def test_compact_refuses_a_values_array_without_slack_and_touches_nothing(monkey
     packed = np.packbits(bits % 3 == 0, bitorder="little")  # 6 marked
     for size in (0, 5, 6):  # too small: the loop writes one past the last marked value
         values = np.zeros(size, np.int32)
-        assert compiled.compact(bits, packed, values) == -1
+        written, counts = compiled.compact(bits, packed, values, 8)
+        assert written == -1 and counts.tolist() == [6]
         assert bits.tolist() == list(range(1, 21)) and not values.any()
     values = np.zeros(7, np.int32)
-    assert compiled.compact(bits, packed, values) == 6
+    assert compiled.compact(bits, packed, values, 8)[0] == 6
     assert values[:6].tolist() == [3, 6, 9, 12, 15, 18]
     assert bits.tolist() == [0 if b % 3 == 0 else b for b in range(1, 21)]
 
