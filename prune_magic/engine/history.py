@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import HistoryError
 from .report import format_bytes
-from .snapshot import Record, redo_all, restore_all, tensors_by_name
+from .snapshot import Record, Signature, redo_all, restore_all, tensors_by_name
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Entry:
     sparsity: float
     seconds: float
     undoable: bool = True
+    before: Signature | None = None  # the model's tensors before the step: undo checks it gets them back
     tag: str | None = None  # who applied it, e.g. a notebook cell
     start_metric: Any = None  # (weakref to the eval function, its metric before the call), for re-runs
     clipped: tuple[str, ...] = ()  # parameters a clip step zeroed weights of: held at zero while training
@@ -158,7 +159,7 @@ def rewind(model: nn.Module, tag: str) -> list[Entry]:
     undone: list[Entry] = []
     while past.entries and past.entries[-1].tag == tag:
         entry = past.entries.pop()
-        restore_all(model, entry.records, swap=True)
+        restore_all(model, entry.records, swap=True, expect=entry.before)
         undone.insert(0, entry)
     past.versions = _versions(model)
     return undone
@@ -181,7 +182,7 @@ def undo(model: nn.Module) -> Entry:
     """
     past = _checked(model, "undo")
     entry = past.entries[-1]
-    restore_all(model, entry.records)
+    restore_all(model, entry.records, expect=entry.before)
     past.entries.pop()
     past.versions = _versions(model)
     return entry
@@ -193,7 +194,7 @@ def reset(model: nn.Module) -> list[Entry]:
     undone = []
     while past.entries:
         undone.append(past.entries[-1])
-        restore_all(model, past.entries[-1].records)
+        restore_all(model, past.entries[-1].records, expect=past.entries[-1].before)
         past.entries.pop()
     past.versions = _versions(model)
     return undone

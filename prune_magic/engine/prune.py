@@ -33,7 +33,7 @@ from .recipe import Recipe, Step, parse_recipe
 from .report import Report, latency
 from .report import report as _measure
 from .selection import Target, select
-from .snapshot import Record, deferred_interrupt, restore_all
+from .snapshot import Record, deferred_interrupt, restore_all, signature
 from .structured import Removal, apply_structured
 from .train import (
     Loss,
@@ -316,7 +316,7 @@ def _apply(
     # only a plain clip may go without a record (a failed forward check, a long training run
     # or a quantization must be able to roll back); without one, don't stop half-way
     recorded = keep or step.kind != "clip" or gradual(step)
-    entry = Entry(str(step), [], math.nan, 0.0, undoable=recorded)
+    entry = Entry(str(step), [], math.nan, 0.0, undoable=recorded, before=signature(model))
     if step.kind == "clip":
         entry.clipped = tuple(t.name for t in targets)
     done.append(entry)
@@ -380,7 +380,7 @@ def apply_step(
 def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> None:
     """Undo this call's steps, then redo the steps it rewound: the model as it was."""
     for entry in reversed(done):
-        restore_all(model, entry.records)
+        restore_all(model, entry.records, expect=entry.before if entry.undoable else None)
     sync_versions(model)
     if rewound:
         redo(model, rewound)
@@ -448,12 +448,16 @@ def _step_line(s: StepResult) -> str:
         return f"{s.step}: {describe_curve(s)}; now {s.sparsity:.1%} sparse {took}"
     if not s.removals:
         return f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse {took}"
-    widths = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in s.removals[:6])
-    more = f" and {len(s.removals) - 6} more" if len(s.removals) > 6 else ""
-    removed = sum(len(r.removed) for r in s.removals) / sum(r.width for r in s.removals)
-    return (
-        f"{s.step}: removed {removed:.0%} of the channels of {len(s.removals)} layers ({widths}{more}) {took}"
-    )
+    cut = [r for r in s.removals if not r.why_kept]
+    widths = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in cut[:6])
+    more = f" and {len(cut) - 6} more" if len(cut) > 6 else ""
+    removed = sum(len(r.removed) for r in cut) / max(sum(r.width for r in cut), 1)
+    line = f"{s.step}: removed {removed:.0%} of the channels of {len(cut)} layers ({widths}{more}) {took}"
+    whole = [r for r in s.removals if r.why_kept]
+    for why in sorted({r.why_kept for r in whole}):
+        layers = [r.layer for r in whole if r.why_kept == why]
+        line += f"; kept whole ({why}): {', '.join(layers[:4])}{f' and {len(layers) - 4} more' if len(layers) > 4 else ''}"
+    return line
 
 
 def describe_curve(s: StepResult) -> str:

@@ -53,7 +53,7 @@ from .history import sync_versions
 from .prune import apply_step, as_metric, metric_name
 from .recipe import Step, parse_step
 from .selection import Target, select
-from .snapshot import Record, deferred_interrupt, restore_all
+from .snapshot import Record, deferred_interrupt, restore_all, signature
 
 Progress = Callable[["Sensitivity"], None]
 
@@ -287,6 +287,7 @@ def _sweep_in_place(
             saved = _Saved(targets) if result.step == "clip" else None
             for i, level in enumerate(levels):
                 records: list[Record] = []
+                before = signature(model) if saved is None else None
                 prefix.rewind()
                 try:
                     if saved is not None:  # clip changes only the layer's weights: put them back from a copy
@@ -297,7 +298,7 @@ def _sweep_in_place(
                 finally:
                     if saved is not None:
                         saved.restore()
-                    restore_all(model, records)
+                    restore_all(model, records, expect=before)
                 result.curves[name][i] = metric
                 result.evaluations += 1
                 if progress is not None:

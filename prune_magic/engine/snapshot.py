@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -21,6 +21,7 @@ from types import FrameType
 import torch
 from torch import nn
 
+from .errors import HistoryError
 from .magnitude import compact, int_view, pack_bits, unpack_bits
 
 
@@ -109,10 +110,21 @@ class ModuleRecord:
         }
         return cls(name, tensors, attrs)
 
-    def park(self) -> None:
-        """Move the kept tensors to the CPU, so the record holds no accelerator memory."""
+    def differs_from(self, module: nn.Module) -> bool:
+        """Whether ``module`` now holds other tensor objects (or other plain attributes)."""
+        now = ModuleRecord.capture(self.name, module)
+        return (
+            now.tensors.keys() != self.tensors.keys()
+            or any(t is not self.tensors[k] for k, t in now.tensors.items())
+            or now.attrs != self.attrs
+        )
+
+    def park(self, module: nn.Module) -> None:
+        """Move the kept tensors that ``module`` no longer holds to the CPU, so the record
+        holds no accelerator memory (the ones it still holds stay where they are)."""
         for key, tensor in self.tensors.items():
-            if tensor is not None and tensor.device.type != "cpu":
+            current = module._parameters.get(key, module._buffers.get(key))
+            if tensor is not None and tensor is not current and tensor.device.type != "cpu":
                 self.devices[key] = tensor.device
                 tensor.data = tensor.data.to("cpu")
 
@@ -135,7 +147,7 @@ class ModuleRecord:
             setattr(module, key, value)
         if current is not None:
             self.tensors, self.attrs, self.devices = current.tensors, current.attrs, {}
-            self.park()
+            self.park(module)
 
 
 @dataclass
@@ -172,14 +184,45 @@ _PLAIN = (int, float, bool, str, tuple, type(None))
 Record = TensorRecord | ModuleRecord | ChildRecord
 
 
-def restore_all(model: nn.Module, records: list[Record], swap: bool = False) -> None:
+#: Every tensor of a model by name: the object, its shape and dtype (see :func:`signature`).
+Signature = dict[str, tuple[int, tuple[int, ...], torch.dtype]]
+
+
+def signature(model: nn.Module) -> Signature:
+    """Which tensor objects ``model`` holds, of what shape and dtype: taken before a step, it
+    tells whether undoing the step put back every tensor the step replaced."""
+    return {name: (id(t), tuple(t.shape), t.dtype) for name, t in tensors_by_name(model).items()}
+
+
+def restore_all(
+    model: nn.Module, records: Sequence[Record], swap: bool = False, expect: Signature | None = None
+) -> None:
     """Undo ``records`` (in reverse order) on ``model``, finding tensors and modules by name.
 
     With ``swap=True`` the records can be restored again to redo them (:func:`redo_all`).
+    With ``expect`` (the :func:`signature` taken before the records were made), raise a
+    :class:`HistoryError` naming every tensor that is not back as it was, rather than let
+    undo, reset or a rollback say it succeeded.
     """
     with deferred_interrupt():
         for record in reversed(records):
             _restore(model, record, swap)
+    if expect is not None:
+        now = signature(model)
+        wrong = sorted(n for n in now.keys() | expect.keys() if now.get(n) != expect.get(n))
+        if wrong:
+            shown = ", ".join(
+                f"{n} {_described(now.get(n))} (was {_described(expect.get(n))})" for n in wrong[:3]
+            )
+            more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+            raise HistoryError(
+                f"the undo record missed {len(wrong)} tensors, which are not back as they were: {shown}{more};"
+                " this is a bug in prune_magic: please report it with the model's class"
+            )
+
+
+def _described(item: tuple[int, tuple[int, ...], torch.dtype] | None) -> str:
+    return "missing" if item is None else f"{list(item[1])}"
 
 
 def redo_all(model: nn.Module, records: list[Record]) -> None:

@@ -12,8 +12,14 @@ Two things are added around Torch-Pruning:
 - concatenations whose sizes its shape inference cannot work out (e.g. a DenseNet-style
   ``cat`` feeding both a conv and a ``flatten`` -> Linear) get their sizes from a real
   forward pass, so indices are mapped through them instead of being coupled one to one;
-- when a graph has such index mappings, it is rebuilt before each group, so the offsets
-  always match the current (already shrunk) channel counts.
+- attention keeps its heads and its width: ``nn.MultiheadAttention`` and the hand-written
+  attention of timm, torchvision and Hugging Face (a module with ``num_heads`` or the like,
+  whose ``qkv`` output is reshaped by head) are left whole, and the MLPs between them shrink;
+- grouped convolutions lose the same positions from every group, as Torch-Pruning's own
+  ``MetaPruner`` does.
+
+The graph is traced once: Torch-Pruning keeps the index mappings of concatenations and
+splits up to date as the groups are pruned one after another.
 
 A channel ``amount`` of 0.5 removes about 75% of a conv stack's parameters: each layer
 loses half its outputs and the next half its inputs.
@@ -35,7 +41,7 @@ from .errors import PruneError
 from .evaluate import eval_mode, first_batch
 from .recipe import Step
 from .selection import DEFAULT_TYPES, Target
-from .snapshot import ModuleRecord
+from .snapshot import ModuleRecord, restore_all
 
 #: Importances of a channel, by recipe name; "taylor" needs data for one backward pass.
 IMPORTANCES = ("l1", "l2", "random", "taylor", "bn", "lamp")
@@ -48,6 +54,7 @@ class Removal:
     layer: str
     width: int
     removed: tuple[int, ...]
+    why_kept: str = ""  # a selected layer left whole: why (e.g. "channel shuffle")
 
     @property
     def kept(self) -> int:
@@ -79,37 +86,53 @@ def apply_structured(
         raise
     except Exception as exc:  # Torch-Pruning could not follow the graph: nothing has changed yet
         raise PruneError(_unsupported(tp, model, exc)) from exc
-    names = {m: n for n, m in model.named_modules()}
-    captured: dict[str, ModuleRecord] = {}
-    graph = plan.graph
-    for i, (root, handler, idxs, _) in enumerate(plan.removals):
-        if plan.remap and i:  # offsets of concatenations changed with the last group
-            graph, _, _ = _graph(tp, model, args)
-        group = graph.get_pruning_group(model.get_submodule(root), handler, list(idxs))
-        for dep, _ in group:  # capture every module before it changes: the undo record
-            name = names.get(dep.target.module)
-            if name is not None and name not in captured:
-                captured[name] = ModuleRecord.capture(name, dep.target.module)
-                if records is not None:
-                    records.append(captured[name])
-        group.prune()
-    for record in captured.values():  # Torch-Pruning makes new Parameters: keep requires_grad
+    # The undo record: every module that holds tensors, by reference (no copies). Torch-Pruning
+    # replaces tensors it cuts, including bare Parameters a block owns (a ConvNeXt layer scale,
+    # a ViT class token), so whatever it touches is in here; untouched modules are dropped after.
+    captured = [ModuleRecord.capture(n, m) for n, m in model.named_modules() if m._parameters or m._buffers]
+    start = len(records) if records is not None else 0
+    if records is not None:
+        records.extend(captured)
+    try:
+        _remove(plan, model)
+        check_forward(model, example_input, plan.shapes)
+    except BaseException:
+        if records is None:  # no caller to roll back: put the model back here
+            restore_all(model, captured)
+        raise
+    changed = [r for r in captured if r.differs_from(model.get_submodule(r.name))]
+    if records is not None:
+        records[start:] = changed
+    for record in changed:  # Torch-Pruning makes new Parameters: keep requires_grad
         module = model.get_submodule(record.name)
         for key, old in record.tensors.items():
             new = module._parameters.get(key)
-            if new is not None and old is not None:
+            if new is not None and old is not None and new is not old:
                 new.requires_grad_(old.requires_grad)
-        record.park()
-    check_forward(model, example_input, plan.shapes)
-    return [Removal(root, width, idxs) for root, _, idxs, width in plan.removals]
+        record.park(module)
+    return [Removal(root, width, idxs) for root, _, idxs, width in plan.removals] + plan.kept
+
+
+def _remove(plan: _Plan, model: nn.Module) -> None:
+    """Prune the planned groups one after another (Torch-Pruning keeps the index mappings of
+    concatenations and splits up to date as channels go, so the graph is traced once)."""
+    for root, handler, idxs, _ in plan.removals:
+        try:
+            plan.graph.get_pruning_group(model.get_submodule(root), handler, list(idxs)).prune()
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PruneError(
+                f"Torch-Pruning failed to remove channels of {root} ({type(exc).__name__}: {first[:160]});"
+                f" exclude={root} or select other layers with layers="
+            ) from exc
 
 
 @dataclass
 class _Plan:
     graph: Any
-    remap: bool
     shapes: list[tuple[int, ...]]  # of the model's outputs, seen while tracing
     removals: list[tuple[str, Any, tuple[int, ...], int]]  # (root layer, handler, channels, width)
+    kept: list[Removal]  # selected layers left whole, and why
 
 
 def _plan(
@@ -118,7 +141,7 @@ def _plan(
     """Trace the model, find the groups of the selected layers and the channels each loses."""
     names = {m: n for n, m in model.named_modules()}
     roots = {t.name.rpartition(".")[0] for t in targets if t.name.endswith(".weight")}
-    graph, remap, shapes = _graph(tp, model, args)
+    graph, shapes = _graph(tp, model, args)
     attention = _attention_modules(model)
     protected = _output_layers(graph) | attention
     ignored = [
@@ -126,29 +149,89 @@ def _plan(
         for n, m in model.named_modules()
         if isinstance(m, DEFAULT_TYPES) and (n not in roots or m in protected)
     ]
-    groups = [  # Torch-Pruning skips groups that would shrink an ignored layer's outputs
-        g
-        for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(DEFAULT_TYPES))
-        if not any(dep.target.module in attention for dep, _ in g)
-    ]
+    groups, kept, errors = _groups(graph, ignored, attention, names)
+    order = {name: i for i, name in enumerate(names.values())}
+    kept.sort(key=lambda r: order[r.layer])
+    if not groups and errors:  # no group could be mapped: say why
+        raise PruneError(_unsupported(tp, model, errors[0]))
     if not groups:
         raise PruneError(
             "nothing to prune structurally: the selected layers are the model's output layer,"
             " attention, or coupled to them; select hidden layers with layers="
         )
     scores = _scores(tp, str(step.options.get("importance", "l2")), groups, model, data)
+    # a grouped convolution keeps equal groups: one score per position within a group, averaged
+    # over the groups, and the same positions go from every group (as Torch-Pruning's MetaPruner)
+    split = [_channel_groups(graph, g) for g in groups]
+    per_group = [s.view(n, -1).mean(0) for s, n in zip(scores, split, strict=True)]
     counts = _counts(
-        scores,
+        per_group,
         float(step.options["amount"]),  # type: ignore[arg-type]
         str(step.options.get("scope", "layer")),
         int(step.options.get("round_to", 1)),  # type: ignore[arg-type]
     )
-    removals = [
-        (names[g[0].dep.target.module], g[0].dep.handler, tuple(sorted(s.argsort()[:c].tolist())), len(s))
-        for g, s, c in zip(groups, scores, counts, strict=True)
-        if c
-    ]
-    return _Plan(graph, remap, shapes, removals)
+    removals = []
+    for g, s, n, c in zip(groups, per_group, split, counts, strict=True):
+        if c:
+            chosen = s.argsort()[:c]
+            idxs = torch.cat([chosen + i * len(s) for i in range(n)])
+            removals.append(
+                (names[g[0].dep.target.module], g[0].dep.handler, tuple(sorted(idxs.tolist())), len(s) * n)
+            )
+    return _Plan(graph, shapes, removals, kept)
+
+
+def _groups(
+    graph: Any, ignored: list[nn.Module], attention: set[nn.Module], names: dict[nn.Module, str]
+) -> tuple[list[Any], list[Removal], list[Exception]]:
+    """The dependency groups rooted at layers not ``ignored`` (as Torch-Pruning's
+    ``get_all_groups``, which skips a group that would shrink an ignored layer's outputs), and
+    the selected layers left whole: those whose channels pass a channel shuffle (reordered on
+    the way) and those whose group Torch-Pruning cannot map."""
+    skip = {id(m) for m in ignored}
+    seen: set[int] = set()
+    groups, kept, errors = [], [], []
+    for module in list(graph.module2node):
+        pruner = graph.get_pruner_of_module(module) if isinstance(module, DEFAULT_TYPES) else None
+        if pruner is None or id(module) in skip | seen or pruner.get_out_channels(module) is None:
+            continue
+        width = pruner.get_out_channels(module)
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except Exception as exc:  # Torch-Pruning cannot map indices along the way
+            seen.add(id(module))
+            errors.append(exc)
+            kept.append(
+                Removal(
+                    names[module], width, (), f"Torch-Pruning cannot map their channels: {type(exc).__name__}"
+                )
+            )
+            continue
+        outputs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        seen.update(id(m) for m in outputs)
+        if any(id(m) in skip for m in outputs) or any(dep.target.module in attention for dep, _ in group):
+            continue
+        if any(dep.target.module in graph.shuffles for dep, _ in group):
+            kept.append(Removal(names[module], width, (), "channel shuffle"))
+            continue
+        groups.append(group)
+    return groups, kept, errors
+
+
+def _channel_groups(graph: Any, group: Any) -> int:
+    """The channel groups a dependency group must keep equal (a grouped convolution's, a
+    GroupNorm's); a depthwise convolution follows its input channel by channel."""
+    found = [1]
+    for dep, _ in group:
+        module = dep.target.module
+        pruner = graph.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+        if pruner is None or (
+            isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels
+        ):
+            continue
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        found.append((pruner.get_out_channel_groups if out else pruner.get_in_channel_groups)(module) or 1)
+    return max(found)
 
 
 def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:
@@ -175,26 +258,52 @@ def _torch_pruning() -> Any:
     return torch_pruning
 
 
-class _ConcatSizes(TorchFunctionMode):
-    """Records the sizes of every ``torch.cat`` along its dim, by the output's grad_fn."""
+class _Trace(TorchFunctionMode):
+    """What the dependency graph's trace cannot see, by the output's grad_fn: the sizes of
+    every ``torch.cat`` along its dim, and every channel shuffle (a view that splits the
+    channels of an NCHW tensor into groups, to transpose them)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sizes: dict[Any, list[int]] = {}
+        self.shuffles: set[Any] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        if func in (torch.cat, torch.concat, torch.concatenate) and isinstance(out, torch.Tensor):
+        if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            return out
+        if func in (torch.cat, torch.concat, torch.concatenate):
             tensors = args[0] if args else kwargs["tensors"]
             dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
-            if out.grad_fn is not None:
-                self.sizes[out.grad_fn] = [int(t.shape[dim]) for t in tensors]
+            # an empty start tensor (a key-value cache) has fewer dims: it adds nothing
+            if all(isinstance(t, torch.Tensor) for t in tensors):
+                self.sizes[out.grad_fn] = [
+                    int(t.shape[dim]) if -t.dim() <= dim < t.dim() else 0 for t in tensors
+                ]
+        elif func in _VIEWS and isinstance(args[0], torch.Tensor) and _regroups(args[0].shape, out.shape):
+            # the same values through as_strided, which Torch-Pruning takes for an element-wise
+            # op (it maps every view as a flatten, and divides by zero on this one); the groups
+            # that pass here are left out of the plan
+            x = args[0].contiguous()
+            out = x.as_strided(out.shape, torch.empty(out.shape, device="meta").stride())
+            self.shuffles.add(out.grad_fn)
         return out
 
 
-def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, bool, list[tuple[int, ...]]]:
-    """Build the dependency graph; return it, whether it maps indices (cat/split) and the
-    shapes of the outputs its trace saw (so no extra forward pass is needed for them)."""
+def _regroups(before: torch.Size, after: torch.Size) -> bool:
+    """Whether a view splits the channels of an NCHW tensor into groups, or merges them back
+    (the two ends of a channel shuffle)."""
+    if len(before) == 5 and len(after) == 4:
+        before, after = after, before
+    return len(before) == 4 and len(after) == 5 and after[1] * after[2] == before[1] > after[1] > 1
+
+
+_VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape)
+
+
+def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[tuple[int, ...]]]:
+    """Build the dependency graph; return it and the shapes of the outputs its trace saw (so
+    no extra forward pass is needed for them)."""
     from torch_pruning.dependency import index_mapping, shape_infer
 
     shapes: list[tuple[int, ...]] = []
@@ -205,14 +314,12 @@ def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, bool,
         return out
 
     concat = tp.ops.OPTYPE.CONCAT
-    with eval_mode(model), torch.enable_grad(), _ConcatSizes() as recorded:
+    with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=list(args), forward_fn=forward, verbose=False
         )
-    remap = False
+    graph.shuffles = {n.module for n in graph.module2node.values() if n.grad_fn in recorded.shuffles}
     for node in graph.module2node.values():
-        if node.type in (concat, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
-            remap = True
         if node.type == concat and node.module.offsets is None and node.grad_fn in recorded.sizes:
             # Torch-Pruning's shape inference gave up on this cat: its sizes are known from
             # the trace, so map indices through it (its check against the consumer's width
@@ -220,7 +327,7 @@ def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, bool,
             node.module.concat_sizes = recorded.sizes[node.grad_fn]
             with mock.patch.object(shape_infer, "infer_in_channels_recursively", return_value=None):
                 index_mapping.update_concat_index_mapping(graph, node)
-    return graph, remap, shapes
+    return graph, shapes
 
 
 def _output_layers(graph: Any) -> set[nn.Module]:
@@ -243,9 +350,29 @@ def _output_layers(graph: Any) -> set[nn.Module]:
     return outputs
 
 
+#: Attributes by which hand-written attention modules say how many heads they have.
+_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+
+
 def _attention_modules(model: nn.Module) -> set[nn.Module]:
-    """Multi-head attention and its projections: heads and the embedding width are kept."""
-    return {sub for m in model.modules() if isinstance(m, nn.MultiheadAttention) for sub in m.modules()}
+    """Multi-head attention and its projections: heads and the embedding width are kept.
+
+    Besides ``nn.MultiheadAttention``, any module that counts its heads in an attribute
+    (timm's and torchvision's ``Attention``, Hugging Face's self-attention) reshapes its
+    projections by head, so removing a channel there would break the reshape.
+    """
+    found: set[nn.Module] = set()
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            found.update(m.modules())
+        elif any(isinstance(getattr(m, a, None), int) for a in _HEADS):
+            # the projections are its own children (a block that counts heads too, like
+            # torchvision's EncoderBlock, holds attention and an MLP: the MLP may shrink)
+            projections = [
+                c for c in m.children() if isinstance(c, DEFAULT_TYPES) or type(c).__name__ == "Conv1D"
+            ]
+            found.update(sub for c in projections for sub in c.modules())
+    return found
 
 
 def _scores(tp: Any, name: str, groups: list[Any], model: nn.Module, data: object) -> list[torch.Tensor]:

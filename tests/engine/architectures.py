@@ -157,7 +157,71 @@ class CNN(nn.Module):
 
 
 IMAGE = (2, 1, 8, 8)
+
+
 #: name -> (factory, example input shape)
+class LayerScale(nn.Module):
+    """ConvNeXt's pattern: a block owns a bare Parameter that scales each channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.fc1, self.fc2 = nn.Conv2d(16, 32, 1), nn.Conv2d(32, 16, 1)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.gamma.view(1, -1, 1, 1) * self.fc2(torch.relu(self.fc1(self.dw(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class Grouped(nn.Module):
+    """ResNeXt's pattern: a grouped 3x3 conv between 1x1 convs, and a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv1 = nn.Conv2d(32, 32, 1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.conv3 = nn.Conv2d(32, 32, 1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2's pattern: half the channels pass a branch, half go around it, then the
+    channels of the two halves are interleaved (a view, a transpose and a view back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(8, 12, 1),
+                nn.ReLU(),
+                nn.Conv2d(12, 12, 3, padding=1, groups=12),
+                nn.Conv2d(12, 8, 1),
+            )
+            for _ in range(2)
+        )
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        for branch in self.blocks:
+            keep, through = x.chunk(2, dim=1)
+            x = torch.cat((keep, branch(through)), 1)
+            n, c, h, w = x.shape
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.head(x.mean((2, 3)))
+
+
 ARCHITECTURES = {
     "mlp": (MLP, (2, 64)),
     "cnn_bn": (CNN, IMAGE),
@@ -166,4 +230,7 @@ ARCHITECTURES = {
     "densenet": (DenseNet, IMAGE),
     "transformer": (Transformer, (2, 5, 8)),
     "shared_module": (Shared, (2, 64)),
+    "layer_scale": (LayerScale, IMAGE),
+    "grouped_conv": (Grouped, IMAGE),
+    "channel_shuffle": (Shuffle, IMAGE),
 }

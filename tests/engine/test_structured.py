@@ -223,3 +223,39 @@ def test_a_model_in_training_mode_keeps_its_statistics_and_modes(importance: str
     pm.undo(model)  # BatchNorm running statistics never moved, so undo is bit-exact
     assert same_bits(model, original)
     assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+def test_layers_whose_channels_are_shuffled_are_kept_whole_and_named() -> None:
+    model, x = build("channel_shuffle")
+    result = pm.prune(model, "structured amount=0.5", example_input=x)
+    kept = {r.layer for r in result.steps[0].removals if r.why_kept}
+    assert kept == {"blocks.0.3", "blocks.1.3", "stem"}  # their outputs reach the shuffle
+    assert model.blocks[0][0].out_channels == 6  # inside a branch, channels go
+    assert "kept whole (channel shuffle): stem, blocks.0.3, blocks.1.3" in str(result)
+
+
+def test_a_grouped_convolution_loses_the_same_positions_from_every_group() -> None:
+    model, x = build("grouped_conv")
+    result = pm.prune(model, "structured amount=0.5 layers=conv2", example_input=x)
+    (removal,) = [r for r in result.steps[0].removals if r.layer == "conv2"]
+    per_group = [sorted(i % 8 for i in removal.removed if i // 8 == g) for g in range(4)]
+    assert per_group[0] and all(p == per_group[0] for p in per_group)
+    assert model.conv2.out_channels == 16 and model.conv2.weight.shape[1] == 8
+
+
+def test_a_bare_parameter_the_surgery_cuts_is_put_back() -> None:
+    model, x = build("layer_scale")
+    gamma = model.gamma
+    pm.prune(model, "structured amount=0.5", example_input=x)
+    assert model.gamma.shape == (8,)
+    pm.undo(model)
+    assert model.gamma is gamma and model.gamma.shape == (16,)
+
+
+def test_undo_checks_every_tensor_is_back_before_saying_it_succeeded() -> None:
+    model, x = build("cnn_bn")
+    pm.prune(model, "structured amount=0.5", example_input=x)
+    entry = pm.history(model).entries[-1]
+    entry.records[:] = entry.records[1:]  # an undo record that misses a layer
+    with pytest.raises(pm.HistoryError, match=r"the undo record missed \d+ tensors.*features\.0\.weight"):
+        pm.undo(model)

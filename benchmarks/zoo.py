@@ -1,0 +1,144 @@
+"""``structured amount=0.5`` on the whole zoo, side by side with Torch-Pruning alone.
+
+Usage::
+
+    .venv/bin/python benchmarks/zoo.py [--only NAME,NAME] [--timeout 300] [--memory 8] [--jobs 1]
+
+Every model of ``tests/zoo.py`` (80 torchvision classifiers, 3 torchvision segmentation models,
+11 timm models, 5 Hugging Face transformers from small configs; random weights) is pruned twice,
+each time in a child process of its own with one torch thread, a wall-clock limit and an
+address-space limit:
+
+- prune_magic: ``tests.zoo.check``, i.e. a dry run, a call whose eval function fails (the
+  rollback), then ``pm.prune(model, "structured amount=0.5", example_input=x)`` as a user calls
+  it (timed, MAC and latency report included), forward, output shapes, backward, ``pm.save`` /
+  ``pm.load``, undo, the same recipe again, reset; every tensor compared bit for bit;
+- Torch-Pruning: ``MetaPruner`` with L2 group magnitude, ratio 0.5, the final layers ignored
+  (timed: graph building and ``step()``), forward, output shapes, backward.
+
+It prints one row per model (ok / refused: a clear one-line refusal, the model unchanged /
+failed, the times and their ratio) and the coverage table. Needs torchvision, timm and
+transformers (the test extra installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHILD = """
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+import torch
+torch.set_num_threads(1)
+from tests import zoo
+z = zoo.catalogue()[sys.argv[1]]
+try:
+    o = zoo.check(z) if sys.argv[2] == "pm" else zoo.torch_pruning_alone(z)
+    out = {"status": o.status, "why": o.why, "seconds": o.seconds, "params": o.params}
+except BaseException as exc:
+    out = {"status": "failed", "why": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run(name: str, which: str, timeout: float, memory_gib: float) -> dict[str, object]:
+    """One model, one tool, in a child process with a time and an address-space limit."""
+
+    def limit() -> None:
+        size = int(memory_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, name, which],
+            capture_output=True, text=True, timeout=timeout, cwd=ROOT, preexec_fn=limit,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "why": f"over {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        why = "out of memory" if "MemoryError" in proc.stderr or proc.returncode == -9 else tail
+        return {"status": "failed", "why": why[:300], "wall": time.perf_counter() - started}
+    result: dict[str, object] = json.loads(lines[-1][len("RESULT ") :])
+    result["wall"] = time.perf_counter() - started
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated model names (default: all)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per model and tool")
+    parser.add_argument("--memory", type=float, default=8, help="GiB of address space per child")
+    parser.add_argument("--jobs", type=int, default=1, help="models run at once")
+    parser.add_argument("--json", default="", help="also write the rows to this file")
+    args = parser.parse_args()
+
+    from tests import zoo
+
+    models = zoo.catalogue()
+    names = [n for n in args.only.split(",") if n] or list(models)
+    rows: list[dict[str, object]] = []
+
+    def both(name: str) -> dict[str, object]:
+        pm = run(name, "pm", args.timeout, args.memory)
+        tp = run(name, "tp", args.timeout, args.memory)
+        return {"name": name, "family": models[name].family, "pm": pm, "tp": tp}
+
+    print(f"{'model':<36} {'prune_magic':<9} {'s':>7} {'TP':<7} {'s':>7} {'ratio':>6}  why")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for row in pool.map(both, names):
+            rows.append(row)
+            pm, tp = row["pm"], row["tp"]
+            assert isinstance(pm, dict) and isinstance(tp, dict)
+            ratio = pm["seconds"] / tp["seconds"] if pm["status"] == tp["status"] == "ok" else None
+            print(
+                f"{row['name']:<36} {pm['status']:<9} {pm.get('seconds', 0):>7.2f} {tp['status']:<7}"
+                f" {tp.get('seconds', 0):>7.2f} {f'{ratio:.2f}' if ratio else '':>6}  "
+                f"{pm.get('why') or ''}{' | TP: ' + str(tp['why']) if tp.get('why') else ''}"[:400],
+                flush=True,
+            )
+    summary(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def summary(rows: list[dict[str, object]]) -> None:
+    families = sorted({str(r["family"]) for r in rows})
+    print(f"\n{'family':<16} {'models':>6} {'pm ok':>6} {'pm refused':>10} {'pm failed':>9} {'TP ok':>6}")
+    for family in [*families, "all"]:
+        chosen = [r for r in rows if family in ("all", r["family"])]
+        count = {k: sum(r["pm"]["status"] == k for r in chosen) for k in ("ok", "refused", "failed")}  # type: ignore[index]
+        tp_ok = sum(r["tp"]["status"] == "ok" for r in chosen)  # type: ignore[index]
+        print(
+            f"{family:<16} {len(chosen):>6} {count['ok']:>6} {count['refused']:>10} {count['failed']:>9} {tp_ok:>6}"
+        )
+    both = [r for r in rows if r["pm"]["status"] == r["tp"]["status"] == "ok"]  # type: ignore[index]
+    ratios = [r["pm"]["seconds"] / r["tp"]["seconds"] for r in both]  # type: ignore[index]
+    if ratios:
+        worst = max(both, key=lambda r: r["pm"]["seconds"] / r["tp"]["seconds"])  # type: ignore[index]
+        print(
+            f"time, prune_magic over Torch-Pruning where both prune ({len(ratios)} models): median"
+            f" {statistics.median(ratios):.2f}x, worst {max(ratios):.2f}x ({worst['name']})"
+        )
+    lost = [r["name"] for r in rows if r["tp"]["status"] == "ok" and r["pm"]["status"] != "ok"]  # type: ignore[index]
+    print(f"Torch-Pruning alone prunes, prune_magic does not: {', '.join(map(str, lost)) or 'none'}")
+    failed = [r["name"] for r in rows if r["pm"]["status"] == "failed"]  # type: ignore[index]
+    print(f"prune_magic failed (not a clear refusal): {', '.join(map(str, failed)) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
