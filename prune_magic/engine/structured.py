@@ -31,12 +31,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from .dependencies import Kept, attention_modules, channel_groups, groups, output_layers, outputs_of, trace
 from .errors import PruneError
 from .evaluate import eval_mode, first_batch
 from .recipe import Step
@@ -110,7 +109,8 @@ def apply_structured(
             if new is not None and old is not None and new is not old:
                 new.requires_grad_(old.requires_grad)
         record.park(module)
-    return [Removal(root, width, idxs) for root, _, idxs, width in plan.removals] + plan.kept
+    cut = [Removal(root, width, idxs) for root, _, idxs, width in plan.removals]
+    return cut + [Removal(k.layer, k.width, (), k.why) for k in plan.kept]
 
 
 def _remove(plan: _Plan, model: nn.Module) -> None:
@@ -132,7 +132,7 @@ class _Plan:
     graph: Any
     shapes: list[tuple[int, ...]]  # of the model's outputs, seen while tracing
     removals: list[tuple[str, Any, tuple[int, ...], int]]  # (root layer, handler, channels, width)
-    kept: list[Removal]  # selected layers left whole, and why
+    kept: list[Kept]  # selected layers left whole, and why
 
 
 def _plan(
@@ -141,28 +141,28 @@ def _plan(
     """Trace the model, find the groups of the selected layers and the channels each loses."""
     names = {m: n for n, m in model.named_modules()}
     roots = {t.name.rpartition(".")[0] for t in targets if t.name.endswith(".weight")}
-    graph, shapes = _graph(tp, model, args)
-    attention = _attention_modules(model)
-    protected = _output_layers(graph) | attention
+    graph, shapes = trace(tp, model, args)
+    attention = attention_modules(model)
+    protected = output_layers(graph) | attention
     ignored = [
         m
         for n, m in model.named_modules()
         if isinstance(m, DEFAULT_TYPES) and (n not in roots or m in protected)
     ]
-    groups, kept, errors = _groups(graph, ignored, attention, names)
+    found, kept, errors = groups(graph, ignored, attention, names)
     order = {name: i for i, name in enumerate(names.values())}
     kept.sort(key=lambda r: order[r.layer])
-    if not groups and errors:  # no group could be mapped: say why
+    if not found and errors:  # no group could be mapped: say why
         raise PruneError(_unsupported(tp, model, errors[0]))
-    if not groups:
+    if not found:
         raise PruneError(
             "nothing to prune structurally: the selected layers are the model's output layer,"
             " attention, or coupled to them; select hidden layers with layers="
         )
-    scores = _scores(tp, str(step.options.get("importance", "l2")), groups, model, data)
+    scores = _scores(tp, str(step.options.get("importance", "l2")), found, model, data)
     # a grouped convolution keeps equal groups: one score per position within a group, averaged
     # over the groups, and the same positions go from every group (as Torch-Pruning's MetaPruner)
-    split = [_channel_groups(graph, g) for g in groups]
+    split = [channel_groups(graph, g) for g in found]
     per_group = [s.view(n, -1).mean(0) for s, n in zip(scores, split, strict=True)]
     counts = _counts(
         per_group,
@@ -171,7 +171,7 @@ def _plan(
         int(step.options.get("round_to", 1)),  # type: ignore[arg-type]
     )
     removals = []
-    for g, s, n, c in zip(groups, per_group, split, counts, strict=True):
+    for g, s, n, c in zip(found, per_group, split, counts, strict=True):
         if c:
             chosen = s.argsort()[:c]
             idxs = torch.cat([chosen + i * len(s) for i in range(n)])
@@ -179,59 +179,6 @@ def _plan(
                 (names[g[0].dep.target.module], g[0].dep.handler, tuple(sorted(idxs.tolist())), len(s) * n)
             )
     return _Plan(graph, shapes, removals, kept)
-
-
-def _groups(
-    graph: Any, ignored: list[nn.Module], attention: set[nn.Module], names: dict[nn.Module, str]
-) -> tuple[list[Any], list[Removal], list[Exception]]:
-    """The dependency groups rooted at layers not ``ignored`` (as Torch-Pruning's
-    ``get_all_groups``, which skips a group that would shrink an ignored layer's outputs), and
-    the selected layers left whole: those whose channels pass a channel shuffle (reordered on
-    the way) and those whose group Torch-Pruning cannot map."""
-    skip = {id(m) for m in ignored}
-    seen: set[int] = set()
-    groups, kept, errors = [], [], []
-    for module in list(graph.module2node):
-        pruner = graph.get_pruner_of_module(module) if isinstance(module, DEFAULT_TYPES) else None
-        if pruner is None or id(module) in skip | seen or pruner.get_out_channels(module) is None:
-            continue
-        width = pruner.get_out_channels(module)
-        try:
-            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        except Exception as exc:  # Torch-Pruning cannot map indices along the way
-            seen.add(id(module))
-            errors.append(exc)
-            kept.append(
-                Removal(
-                    names[module], width, (), f"Torch-Pruning cannot map their channels: {type(exc).__name__}"
-                )
-            )
-            continue
-        outputs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
-        seen.update(id(m) for m in outputs)
-        if any(id(m) in skip for m in outputs) or any(dep.target.module in attention for dep, _ in group):
-            continue
-        if any(dep.target.module in graph.shuffles for dep, _ in group):
-            kept.append(Removal(names[module], width, (), "channel shuffle"))
-            continue
-        groups.append(group)
-    return groups, kept, errors
-
-
-def _channel_groups(graph: Any, group: Any) -> int:
-    """The channel groups a dependency group must keep equal (a grouped convolution's, a
-    GroupNorm's); a depthwise convolution follows its input channel by channel."""
-    found = [1]
-    for dep, _ in group:
-        module = dep.target.module
-        pruner = graph.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
-        if pruner is None or (
-            isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels
-        ):
-            continue
-        out = graph.is_out_channel_pruning_fn(dep.handler)
-        found.append((pruner.get_out_channel_groups if out else pruner.get_in_channel_groups)(module) or 1)
-    return max(found)
 
 
 def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:
@@ -256,123 +203,6 @@ def _torch_pruning() -> Any:
     except ImportError:  # pragma: no cover - a declared dependency
         raise PruneError("structured pruning needs torch-pruning: pip install torch-pruning") from None
     return torch_pruning
-
-
-class _Trace(TorchFunctionMode):
-    """What the dependency graph's trace cannot see, by the output's grad_fn: the sizes of
-    every ``torch.cat`` along its dim, and every channel shuffle (a view that splits the
-    channels of an NCHW tensor into groups, to transpose them)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: dict[Any, list[int]] = {}
-        self.shuffles: set[Any] = set()
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        if not isinstance(out, torch.Tensor) or out.grad_fn is None:
-            return out
-        if func in (torch.cat, torch.concat, torch.concatenate):
-            tensors = args[0] if args else kwargs["tensors"]
-            dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
-            # an empty start tensor (a key-value cache) has fewer dims: it adds nothing
-            if all(isinstance(t, torch.Tensor) for t in tensors):
-                self.sizes[out.grad_fn] = [
-                    int(t.shape[dim]) if -t.dim() <= dim < t.dim() else 0 for t in tensors
-                ]
-        elif func in _VIEWS and isinstance(args[0], torch.Tensor) and _regroups(args[0].shape, out.shape):
-            # the same values through as_strided, which Torch-Pruning takes for an element-wise
-            # op (it maps every view as a flatten, and divides by zero on this one); the groups
-            # that pass here are left out of the plan
-            x = args[0].contiguous()
-            out = x.as_strided(out.shape, torch.empty(out.shape, device="meta").stride())
-            self.shuffles.add(out.grad_fn)
-        return out
-
-
-def _regroups(before: torch.Size, after: torch.Size) -> bool:
-    """Whether a view splits the channels of an NCHW tensor into groups, or merges them back
-    (the two ends of a channel shuffle)."""
-    if len(before) == 5 and len(after) == 4:
-        before, after = after, before
-    return len(before) == 4 and len(after) == 5 and after[1] * after[2] == before[1] > after[1] > 1
-
-
-_VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape)
-
-
-def _graph(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[tuple[int, ...]]]:
-    """Build the dependency graph; return it and the shapes of the outputs its trace saw (so
-    no extra forward pass is needed for them)."""
-    from torch_pruning.dependency import index_mapping, shape_infer
-
-    shapes: list[tuple[int, ...]] = []
-
-    def forward(module: nn.Module, inputs: list[Any]) -> Any:
-        out = module(*inputs)
-        shapes[:] = [tuple(t.shape) for t in _tensors(out)]
-        return out
-
-    concat = tp.ops.OPTYPE.CONCAT
-    with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
-        graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=list(args), forward_fn=forward, verbose=False
-        )
-    graph.shuffles = {n.module for n in graph.module2node.values() if n.grad_fn in recorded.shuffles}
-    for node in graph.module2node.values():
-        if node.type == concat and node.module.offsets is None and node.grad_fn in recorded.sizes:
-            # Torch-Pruning's shape inference gave up on this cat: its sizes are known from
-            # the trace, so map indices through it (its check against the consumer's width
-            # fails when a flatten follows, which is what skipped it)
-            node.module.concat_sizes = recorded.sizes[node.grad_fn]
-            with mock.patch.object(shape_infer, "infer_in_channels_recursively", return_value=None):
-                index_mapping.update_concat_index_mapping(graph, node)
-    return graph, shapes
-
-
-def _output_layers(graph: Any) -> set[nn.Module]:
-    """Layers whose outputs reach the model's output without passing another layer."""
-    outputs = set()
-    for module, node in graph.module2node.items():
-        if not isinstance(module, DEFAULT_TYPES):
-            continue
-        stack, seen = list(node.outputs), set()
-        while stack:
-            nxt = stack.pop()
-            if id(nxt) in seen:
-                continue
-            seen.add(id(nxt))
-            if isinstance(nxt.module, (*DEFAULT_TYPES, nn.MultiheadAttention, nn.RNNBase)):
-                break
-            stack.extend(nxt.outputs)
-        else:
-            outputs.add(module)
-    return outputs
-
-
-#: Attributes by which hand-written attention modules say how many heads they have.
-_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
-
-
-def _attention_modules(model: nn.Module) -> set[nn.Module]:
-    """Multi-head attention and its projections: heads and the embedding width are kept.
-
-    Besides ``nn.MultiheadAttention``, any module that counts its heads in an attribute
-    (timm's and torchvision's ``Attention``, Hugging Face's self-attention) reshapes its
-    projections by head, so removing a channel there would break the reshape.
-    """
-    found: set[nn.Module] = set()
-    for m in model.modules():
-        if isinstance(m, nn.MultiheadAttention):
-            found.update(m.modules())
-        elif any(isinstance(getattr(m, a, None), int) for a in _HEADS):
-            # the projections are its own children (a block that counts heads too, like
-            # torchvision's EncoderBlock, holds attention and an MLP: the MLP may shrink)
-            projections = [
-                c for c in m.children() if isinstance(c, DEFAULT_TYPES) or type(c).__name__ == "Conv1D"
-            ]
-            found.update(sub for c in projections for sub in c.modules())
-    return found
 
 
 def _scores(tp: Any, name: str, groups: list[Any], model: nn.Module, data: object) -> list[torch.Tensor]:
@@ -467,19 +297,9 @@ def check_forward(model: nn.Module, example_input: object, expected: list[tuple[
     finally:
         for h in handles:
             h.remove()
-    shapes = [tuple(t.shape) for t in _tensors(out)]
+    shapes = [tuple(t.shape) for t in outputs_of(out)]
     if shapes != expected:
         raise PruneError(
             f"removing channels changed the model's output from {expected} to {shapes};"
             " exclude= the output layer"
         )
-
-
-def _tensors(out: object) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _tensors(v)]
-    if isinstance(out, tuple | list):
-        return [t for v in out for t in _tensors(v)]
-    return []

@@ -1,0 +1,270 @@
+"""What depends on what: the model traced into Torch-Pruning's dependency graph, and the
+groups of layers whose channels must go together.
+
+Torch-Pruning (DepGraph) does the tracing and the coupling; around it, this module
+
+- records what its trace cannot see: the sizes of concatenations its shape inference gives
+  up on, and channel shuffles (a view that splits the channels into groups, to transpose
+  them), which it would map as a flatten and divide by zero on;
+- finds the layers to leave whole: the model's output layers, attention (heads and width
+  are kept), groups that pass a channel shuffle, groups it cannot map;
+- bounds the search: a group whose search does not end within :data:`GROUP_SECONDS` stops
+  the step with a one-line refusal instead of a hang.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import PruneError
+from .evaluate import eval_mode
+from .selection import DEFAULT_TYPES
+
+#: Seconds the search for one group's coupled layers may take (the largest torchvision and
+#: timm models need well under one; a search that runs on is caught in a loop).
+GROUP_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A selected layer left whole, and why."""
+
+    layer: str
+    width: int
+    why: str
+
+
+class _Trace(TorchFunctionMode):
+    """What the dependency graph's trace cannot see, by the output's grad_fn: the sizes of
+    every ``torch.cat`` along its dim, and every channel shuffle (a view that splits the
+    channels of an NCHW tensor into groups, to transpose them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[Any, list[int]] = {}
+        self.shuffles: set[Any] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            return out
+        if func in (torch.cat, torch.concat, torch.concatenate):
+            tensors = args[0] if args else kwargs["tensors"]
+            dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
+            # an empty start tensor (a key-value cache) has fewer dims: it adds nothing
+            if all(isinstance(t, torch.Tensor) for t in tensors):
+                self.sizes[out.grad_fn] = [
+                    int(t.shape[dim]) if -t.dim() <= dim < t.dim() else 0 for t in tensors
+                ]
+        elif func in _VIEWS and isinstance(args[0], torch.Tensor) and _regroups(args[0].shape, out.shape):
+            # the same values through as_strided, which Torch-Pruning takes for an element-wise
+            # op (it maps every view as a flatten, and divides by zero on this one); the groups
+            # that pass here are left out of the plan
+            x = args[0].contiguous()
+            out = x.as_strided(out.shape, torch.empty(out.shape, device="meta").stride())
+            self.shuffles.add(out.grad_fn)
+        return out
+
+
+def _regroups(before: torch.Size, after: torch.Size) -> bool:
+    """Whether a view splits the channels of an NCHW tensor into groups, or merges them back
+    (the two ends of a channel shuffle)."""
+    if len(before) == 5 and len(after) == 4:
+        before, after = after, before
+    return len(before) == 4 and len(after) == 5 and after[1] * after[2] == before[1] > after[1] > 1
+
+
+_VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape)
+
+
+def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[tuple[int, ...]]]:
+    """Build the dependency graph; return it and the shapes of the outputs its trace saw (so
+    no extra forward pass is needed for them)."""
+    from torch_pruning.dependency import index_mapping, shape_infer
+
+    shapes: list[tuple[int, ...]] = []
+
+    def forward(module: nn.Module, inputs: list[Any]) -> Any:
+        out = module(*inputs)
+        shapes[:] = [tuple(t.shape) for t in outputs_of(out)]
+        return out
+
+    concat = tp.ops.OPTYPE.CONCAT
+    with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=list(args), forward_fn=forward, verbose=False
+        )
+    graph.shuffles = {n.module for n in graph.module2node.values() if n.grad_fn in recorded.shuffles}
+    for node in graph.module2node.values():
+        if node.type == concat and node.module.offsets is None and node.grad_fn in recorded.sizes:
+            # Torch-Pruning's shape inference gave up on this cat: its sizes are known from
+            # the trace, so map indices through it (its check against the consumer's width
+            # fails when a flatten follows, which is what skipped it)
+            node.module.concat_sizes = recorded.sizes[node.grad_fn]
+            with mock.patch.object(shape_infer, "infer_in_channels_recursively", return_value=None):
+                index_mapping.update_concat_index_mapping(graph, node)
+    return graph, shapes
+
+
+def output_layers(graph: Any) -> set[nn.Module]:
+    """Layers whose outputs reach the model's output without passing another layer."""
+    outputs = set()
+    for module, node in graph.module2node.items():
+        if not isinstance(module, DEFAULT_TYPES):
+            continue
+        stack, seen = list(node.outputs), set()
+        while stack:
+            nxt = stack.pop()
+            if id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            if isinstance(nxt.module, (*DEFAULT_TYPES, nn.MultiheadAttention, nn.RNNBase)):
+                break
+            stack.extend(nxt.outputs)
+        else:
+            outputs.add(module)
+    return outputs
+
+
+#: Attributes by which hand-written attention modules say how many heads they have.
+_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+
+
+def attention_modules(model: nn.Module) -> set[nn.Module]:
+    """Multi-head attention and its projections: heads and the embedding width are kept.
+
+    Besides ``nn.MultiheadAttention``, any module that counts its heads in an attribute
+    (timm's and torchvision's ``Attention``, Hugging Face's self-attention) reshapes its
+    projections by head, so removing a channel there would break the reshape.
+    """
+    found: set[nn.Module] = set()
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            found.update(m.modules())
+        elif any(isinstance(getattr(m, a, None), int) for a in _HEADS):
+            # the projections are its own children (a block that counts heads too, like
+            # torchvision's EncoderBlock, holds attention and an MLP: the MLP may shrink)
+            projections = [
+                c for c in m.children() if isinstance(c, DEFAULT_TYPES) or type(c).__name__ == "Conv1D"
+            ]
+            found.update(sub for c in projections for sub in c.modules())
+    return found
+
+
+def groups(
+    graph: Any, ignored: list[nn.Module], attention: set[nn.Module], names: dict[nn.Module, str]
+) -> tuple[list[Any], list[Kept], list[Exception]]:
+    """The dependency groups rooted at layers not ``ignored`` (as Torch-Pruning's
+    ``get_all_groups``, which skips a group that would shrink an ignored layer's outputs), and
+    the selected layers left whole: those whose channels pass a channel shuffle (reordered on
+    the way) and those whose group Torch-Pruning cannot map."""
+    skip = {id(m) for m in ignored}
+    seen: set[int] = set()
+    groups, kept, errors = [], [], []
+    for module in list(graph.module2node):
+        pruner = graph.get_pruner_of_module(module) if isinstance(module, DEFAULT_TYPES) else None
+        if (
+            pruner is None
+            or id(module) in skip
+            or id(module) in seen
+            or pruner.get_out_channels(module) is None
+        ):
+            continue
+        width = pruner.get_out_channels(module)
+        try:
+            with _time_limit(GROUP_SECONDS):
+                group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except _Overtime:
+            raise PruneError(
+                f"structured pruning gave up: the search for the layers coupled to {names[module]} did not end"
+                f" within {GROUP_SECONDS:.0f} s (Torch-Pruning's index mapping loops through a reshape in this"
+                " model); select the layers to prune with layers= (e.g. the hidden layer of each MLP)"
+            ) from None
+        except Exception as exc:  # Torch-Pruning cannot map indices along the way
+            seen.add(id(module))
+            errors.append(exc)
+            kept.append(
+                Kept(names[module], width, f"Torch-Pruning cannot map their channels: {type(exc).__name__}")
+            )
+            continue
+        outputs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        seen.update(id(m) for m in outputs)
+        if any(id(m) in skip for m in outputs) or any(dep.target.module in attention for dep, _ in group):
+            continue
+        if any(dep.target.module in graph.shuffles for dep, _ in group):
+            kept.append(Kept(names[module], width, "channel shuffle"))
+            continue
+        groups.append(group)
+    return groups, kept, errors
+
+
+def channel_groups(graph: Any, group: Any) -> int:
+    """The channel groups a dependency group must keep equal (a grouped convolution's, a
+    GroupNorm's); a depthwise convolution follows its input channel by channel."""
+    found = [1]
+    for dep, _ in group:
+        module = dep.target.module
+        pruner = graph.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+        if pruner is None or (
+            isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels
+        ):
+            continue
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        found.append((pruner.get_out_channel_groups if out else pruner.get_in_channel_groups)(module) or 1)
+    return max(found)
+
+
+def outputs_of(out: object) -> list[torch.Tensor]:
+    """The tensors of a model's output: a tensor, or a tuple, list or dict (a ModelOutput) of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in outputs_of(v)]
+    if isinstance(out, tuple | list):
+        return [t for v in out for t in outputs_of(v)]
+    return []
+
+
+class _Overtime(BaseException):
+    """Raised into a thread whose time is up (a BaseException: no ``except Exception`` in the
+    code it interrupts swallows it)."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_Overtime` in this thread if the block runs longer than ``seconds``.
+
+    A timer thread sets the exception on this thread (``PyThreadState_SetAsyncExc``), which
+    Python raises at its next bytecode: unlike SIGALRM, this works off the main thread (the
+    dashboard's worker) and leaves the user's signal handlers alone. Only for code that
+    changes nothing, so stopping it anywhere is safe.
+    """
+    thread = threading.get_ident()
+    lock, state = threading.Lock(), {"done": False}
+
+    def expire() -> None:
+        with lock:
+            if not state["done"]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(thread), ctypes.py_object(_Overtime)
+                )
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["done"] = True
+        timer.cancel()

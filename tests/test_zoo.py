@@ -1,0 +1,49 @@
+"""Structured pruning on the architectures users bring: one or two of each family of the zoo
+(``benchmarks/zoo.py`` runs all 99), each through everything a user meets: a dry run, a rollback
+after a failing eval function, the step itself, forward, output shapes, backward, ``pm.save`` /
+``pm.load``, undo, the same recipe again, reset; every parameter and buffer compared bit for bit."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from tests import zoo
+
+pytest.importorskip("torchvision")
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+
+SAMPLE = {
+    # torchvision: a residual net, grouped convolutions, a layer scale, concatenations,
+    # a channel shuffle, squeeze-excitation, attention written with nn.MultiheadAttention
+    "resnet18": "ok",
+    "resnext50_32x4d": "ok",
+    "regnet_y_400mf": "ok",
+    "convnext_tiny": "ok",
+    "googlenet": "ok",
+    "shufflenet_v2_x0_5": "ok",
+    "mobilenet_v3_small": "ok",
+    "lraspp_mobilenet_v3_large": "ok",
+    # timm: hand-written attention (a qkv Linear reshaped by head), windows, grouped convs
+    "timm/vit_tiny_patch16_224": "ok",
+    "timm/swin_tiny_patch4_window7_224": "ok",
+    "timm/regnety_002": "ok",
+    # Hugging Face, from small configs
+    "hf/bert": "ok",
+    "hf/llama": "ok",
+    "hf/gpt2": "refused",  # its projections are transformers' Conv1D: a clear refusal for now
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SAMPLE)
+def test_structured_on_a_zoo_model(name: str) -> None:
+    with warnings.catch_warnings():  # the libraries' own deprecation notes are not ours
+        warnings.simplefilter("ignore")
+        outcome = zoo.check(zoo.catalogue()[name])
+    assert (outcome.status, outcome.why if outcome.status != SAMPLE[name] else "") == (SAMPLE[name], "")
+    if outcome.status == "ok":
+        before, after = outcome.params
+        assert after < 0.9 * before
