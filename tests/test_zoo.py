@@ -11,7 +11,10 @@ import pytest
 
 from tests import zoo
 
-pytest.importorskip("torchvision")
+try:  # test dependencies; torchvision first (timm imports it), with its compiled ops declared
+    zoo.torchvision()
+except ImportError:
+    pytest.skip("the zoo needs torchvision, timm and transformers", allow_module_level=True)
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
 

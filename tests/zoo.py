@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +34,14 @@ class Zoo:
     build: Build
     shape: tuple[int, ...]  # of the example input
     tokens: int = 0  # > 0: the input is token ids below this vocabulary size
+    decoder: bool = False  # an encoder-decoder: (input_ids, attention_mask, decoder_input_ids)
 
-    def example_input(self) -> torch.Tensor:
+    def example_input(self) -> Any:
         torch.manual_seed(0)
-        if self.tokens:
-            return torch.randint(0, self.tokens, self.shape)
-        return torch.randn(self.shape)
+        if not self.tokens:
+            return torch.randn(self.shape)
+        ids = torch.randint(0, self.tokens, self.shape)
+        return (ids, torch.ones_like(ids), ids) if self.decoder else ids
 
     def model(self) -> nn.Module:
         torch.manual_seed(0)
@@ -56,6 +59,8 @@ def torchvision() -> Any:
     try:
         import torchvision as tv
     except RuntimeError:  # "operator torchvision::nms does not exist"
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]  # the half-imported package: import it again below
         lib = torch.library.Library("torchvision", "DEF")
         lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
@@ -112,13 +117,15 @@ def _timm(name: str, size: int) -> Zoo:
     return Zoo(f"timm/{name}", "timm", build, (1, 3, size, size))
 
 
-def _hf(name: str, make: Callable[[Any], nn.Module], shape: tuple[int, ...], vocab: int = 0) -> Zoo:
+def _hf(
+    name: str, make: Callable[[Any], nn.Module], shape: tuple[int, ...], vocab: int = 0, decoder: bool = False
+) -> Zoo:
     def build() -> nn.Module:
         import transformers
 
         return make(transformers)
 
-    return Zoo(f"hf/{name}", "transformers", build, shape, vocab)
+    return Zoo(f"hf/{name}", "transformers", build, shape, vocab, decoder)
 
 
 HF = [
@@ -165,7 +172,7 @@ HF = [
                 decoder_start_token_id=0,
             )
         ),
-        (1, 12), 100,
+        (1, 12), 100, True,
     ),
 ]  # fmt: skip
 
@@ -227,9 +234,14 @@ def outputs(out: object) -> list[torch.Tensor]:
     return []
 
 
-def forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def call(model: nn.Module, x: Any) -> Any:
+    """``model(x)``, or ``model(*x)`` for a tuple of inputs (as ``pm.prune``'s example_input)."""
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def forward(model: nn.Module, x: Any) -> list[torch.Tensor]:
     with torch.no_grad():
-        return outputs(model(x))
+        return outputs(call(model, x))
 
 
 class Eval:
@@ -288,7 +300,7 @@ def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
     pruned = snapshot(model)
     if (got := [t.shape for t in forward(model, x)]) != shapes:
         return Outcome("failed", f"output shapes changed: {shapes} -> {got}", seconds)
-    sum(t.float().sum() for t in outputs(model(x))).backward()  # in eval mode: no statistics move
+    sum(t.float().sum() for t in outputs(call(model, x))).backward()  # in eval mode: no statistics move
     if missing := [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]:
         return Outcome("failed", f"no gradient reached {len(missing)} parameters, e.g. {missing[0]}", seconds)
     model.zero_grad(set_to_none=True)
@@ -349,7 +361,7 @@ def torch_pruning_alone(zoo: Zoo, ratio: float = 0.5) -> Outcome:
         return Outcome("failed", "nothing was removed", seconds)
     if (got := [t.shape for t in forward(model, x)]) != shapes:
         return Outcome("failed", f"output shapes changed: {shapes} -> {got}", seconds)
-    sum(t.float().sum() for t in outputs(model(x))).backward()
+    sum(t.float().sum() for t in outputs(call(model, x))).backward()
     return Outcome("ok", seconds=seconds, params=(params, after))
 
 

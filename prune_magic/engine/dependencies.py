@@ -95,8 +95,10 @@ def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[t
     shapes: list[tuple[int, ...]] = []
 
     def forward(module: nn.Module, inputs: list[Any]) -> Any:
-        out = module(*inputs)
-        shapes[:] = [tuple(t.shape) for t in outputs_of(out)]
+        # the output's tensors as a flat list: a ModelOutput, a tuple with a key-value cache
+        # object in it or a dict are all the same to the trace
+        out = outputs_of(module(*inputs))
+        shapes[:] = [tuple(t.shape) for t in out]
         return out
 
     concat = tp.ops.OPTYPE.CONCAT
@@ -137,7 +139,7 @@ def output_layers(graph: Any) -> set[nn.Module]:
 
 
 #: Attributes by which hand-written attention modules say how many heads they have.
-_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_groups", "head_dim")
 
 
 def attention_modules(model: nn.Module) -> set[nn.Module]:
@@ -187,7 +189,7 @@ def groups(
         except _Overtime:
             raise PruneError(
                 f"structured pruning gave up: the search for the layers coupled to {names[module]} did not end"
-                f" within {GROUP_SECONDS:.0f} s (Torch-Pruning's index mapping loops through a reshape in this"
+                f" within {GROUP_SECONDS:g} s (Torch-Pruning's index mapping loops through a reshape in this"
                 " model); select the layers to prune with layers= (e.g. the hidden layer of each MLP)"
             ) from None
         except Exception as exc:  # Torch-Pruning cannot map indices along the way

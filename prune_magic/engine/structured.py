@@ -190,9 +190,12 @@ def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:
         and any(True for _ in m.parameters(recurse=False))
         and tp.ops.module2type(m) == tp.ops.OPTYPE.ELEMENTWISE
     ]
-    where = f"it has no rule for {', '.join(strange)}" if strange else f"{type(exc).__name__}: {exc}"
+    first = (str(exc).strip().splitlines() or [""])[0][:150]
+    said = f"Torch-Pruning raised {type(exc).__name__}" + (f": {first}" if first else "")
+    more = f" and {len(strange) - 3} more" if len(strange) > 3 else ""
+    where = f" (it has no rule for {', '.join(strange[:3])}{more})" if strange else ""
     return (
-        f"structured pruning cannot follow this model's graph ({where}); "
+        f"structured pruning cannot follow this model's graph{where}: {said}; "
         "exclude= the layers that feed those, or select others with layers="
     )
 

@@ -1,0 +1,76 @@
+"""dependencies: the graph's search is bounded, and a search that runs on is a clear refusal."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+import prune_magic as pm
+from prune_magic.engine import dependencies
+from tests.conftest import same_bits, state
+from tests.engine.architectures import ARCHITECTURES
+
+
+def spin(seconds: float) -> int:
+    """A pure-Python loop (what Torch-Pruning's index mapping does when it does not end)."""
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+def test_a_block_that_runs_too_long_is_stopped() -> None:
+    started = time.perf_counter()
+    with pytest.raises(dependencies._Overtime), dependencies._time_limit(0.2):
+        spin(5)
+    assert time.perf_counter() - started < 2
+
+
+def test_a_block_within_its_time_runs_to_the_end_and_nothing_fires_later() -> None:
+    with dependencies._time_limit(0.3):
+        spin(0.05)
+    spin(0.5)  # the timer was cancelled: no exception arrives after the block
+
+
+def test_the_limit_works_off_the_main_thread_too() -> None:
+    caught: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with dependencies._time_limit(0.2):
+                spin(5)
+        except BaseException as exc:
+            caught.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(3)
+    assert not worker.is_alive() and isinstance(caught[0], dependencies._Overtime)
+
+
+def test_a_search_that_does_not_end_is_a_one_line_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    factory, shape = ARCHITECTURES["resnet"]
+    torch.manual_seed(0)
+    model, x = factory().eval(), torch.randn(shape)
+    before = state(model)
+    monkeypatch.setattr(dependencies, "GROUP_SECONDS", 0.3)
+    real = dependencies.groups
+
+    def looping(graph, *args):  # every group search spins as Swin's does
+        original = graph.get_pruning_group
+        graph.get_pruning_group = lambda *a, **k: (spin(60), original(*a, **k))[1]
+        return real(graph, *args)
+
+    monkeypatch.setattr("prune_magic.engine.structured.groups", looping)
+    started = time.perf_counter()
+    with pytest.raises(
+        pm.PruneError,
+        match=r"^structured pruning gave up: the search for the layers coupled to \S+ did not end within 0.3 s.*layers=",
+    ) as error:
+        pm.prune(model, "structured amount=0.5", example_input=x)
+    assert time.perf_counter() - started < 30  # each search would spin for 60 s
+    assert "\n" not in str(error.value)
+    assert same_bits(model, before)
