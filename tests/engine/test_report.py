@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import prune_magic as pm
@@ -46,3 +47,26 @@ def test_counting_macs_leaves_batchnorm_statistics_and_modes_alone(cnn) -> None:
     pm.report(cnn, torch.randn(4, 1, 8, 8))
     assert same_bits(cnn, before)
     assert cnn.training and cnn.features[1].training
+
+
+@pytest.mark.parametrize("name", ["resnet", "densenet", "mobilenet_v2", "shared_module"])
+def test_macs_agree_with_torchs_flop_counter(name: str) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests.engine.architectures import ARCHITECTURES
+
+    factory, shape = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    model, x = factory().eval(), torch.randn(shape)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    root = type(model).__name__
+    expected = {
+        k[len(root) + 1 :]: sum(v.values()) // 2
+        for k, v in counter.get_flop_counts().items()
+        if k.startswith(root + ".")
+    }
+    total, per_module = pm.count_macs(model, x)
+    assert total == counter.get_total_flops() // 2 > 0
+    assert per_module == expected
