@@ -34,6 +34,7 @@ from . import _kernels
 from .magnitude import (
     chunk_size,
     chunks,
+    flat_view,
     int_array,
     int_view,
     key_bits,
@@ -144,7 +145,7 @@ def _zero_below(
     if lambd is None:
         return ties
     bits = int_view(param)
-    flat = param.detach().view(-1)
+    flat = flat_view(param)
     size = min(size, flat.numel())
     mask = (1 << key_bits(param.dtype)) - 1
     if where is not None:

@@ -20,6 +20,8 @@ from typing import Any
 from torch import nn
 
 from .errors import HistoryError
+from .guard import exclusive
+from .reparam import refresh
 from .report import format_bytes
 from .snapshot import Record, redo_all, restore_all, tensors_by_name
 
@@ -98,7 +100,8 @@ def history(model: nn.Module) -> History:
     >>> len(history(nn.Linear(2, 2)))
     0
     """
-    return _HISTORIES.get(model) or History()
+    past = _HISTORIES.get(model)  # (not `or`: a History with no steps is falsy, and may carry a note)
+    return past if past is not None else History()
 
 
 def _versions(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -146,6 +149,15 @@ def sync_versions(model: nn.Module) -> None:
         past.versions = _versions(model)
 
 
+def taint(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Note that ``names`` were changed by user code during a call (an eval function that
+    trains, say): undo and reset then refuse, as for any change outside prune_magic."""
+    past = _HISTORIES.get(model)
+    if past is not None:
+        for name in names:
+            past.versions[name] = (-1, -1)
+
+
 def rewind(model: nn.Module, tag: str) -> list[Entry]:
     """Undo the trailing steps tagged ``tag`` (a re-run cell's previous run); oldest first.
 
@@ -179,29 +191,34 @@ def undo(model: nn.Module) -> Entry:
     Raises :class:`HistoryError` when there is nothing to undo or the model was changed
     outside prune_magic since the last step.
     """
-    past = _checked(model, "undo")
-    entry = past.entries[-1]
-    restore_all(model, entry.records)
-    past.entries.pop()
-    past.versions = _versions(model)
+    with exclusive(model, "pm.undo"):
+        past = _checked(model, "undo")
+        entry = past.entries[-1]
+        restore_all(model, entry.records)
+        refresh(model)
+        past.entries.pop()
+        past.versions = _versions(model)
     return entry
 
 
 def reset(model: nn.Module) -> list[Entry]:
     """Undo every step, back to the weights the history started from; return the steps."""
-    past = _checked(model, "reset")
-    undone = []
-    while past.entries:
-        undone.append(past.entries[-1])
-        restore_all(model, past.entries[-1].records)
-        past.entries.pop()
-    past.versions = _versions(model)
+    with exclusive(model, "pm.reset"):
+        past = _checked(model, "reset")
+        undone = []
+        while past.entries:
+            undone.append(past.entries[-1])
+            restore_all(model, past.entries[-1].records)
+            past.entries.pop()
+        refresh(model)
+        past.versions = _versions(model)
     return undone
 
 
 def forget(model: nn.Module) -> int:
     """Drop the history of ``model`` (its weights stay as they are); return the bytes freed."""
-    past = _HISTORIES.pop(model, None)
+    with exclusive(model, "pm.forget"):
+        past = _HISTORIES.pop(model, None)
     return past.undo_bytes if past else 0
 
 
