@@ -71,14 +71,16 @@ def changed_since(model: nn.Module, before: Versions) -> list[str]:
     return sorted(name for name in now.keys() | before.keys() if now.get(name) != before.get(name))
 
 
-def check_untouched(model: nn.Module, before: Versions, who: str) -> None:
-    """Refuse if ``who`` (user code, e.g. ``"evaluate(model)"``) changed the weights."""
+def check_untouched(
+    model: nn.Module, before: Versions, who: str, then: str = "it must only read the model"
+) -> None:
+    """Refuse if ``who`` (user code, e.g. ``"evaluate(model)"``) changed the weights; ``then``
+    ends the message."""
     changed = changed_since(model, before)
     if changed:
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         raise WeightsChanged(
-            f"{who} changed the model's weights ({shown}; an optimizer step, or a pm.* call?); it must only"
-            " read the model",
+            f"{who} changed the model's weights ({shown}; an optimizer step, or a pm.* call?); {then}",
             changed,
         )
 

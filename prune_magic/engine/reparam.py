@@ -61,7 +61,7 @@ def refresh(model: nn.Module) -> None:
         for module in model.modules():
             for hook in module._forward_pre_hooks.values():
                 if isinstance(hook, torch_prune.BasePruningMethod):
-                    setattr(module, hook._tensor_name, hook.apply_mask(module))
+                    setattr(module, hook._tensor_name, hook.apply_mask(module))  # type: ignore[no-untyped-call]
 
 
 def _zero(name: str, tensor: torch.Tensor, where: torch.Tensor, records: list[Record] | None) -> None:

@@ -37,6 +37,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 import torch
 from torch import nn
@@ -210,14 +211,17 @@ def stored(module: nn.Module, weight: str) -> tuple[str, nn.Parameter] | str:
     why no tensor holds them so that a zero there is a zero in the weight."""
     params = module._parameters
     if parametrize.is_parametrized(module, weight):
-        chain = module.parametrizations[weight]  # type: ignore[index, union-attr]
-        kinds = [type(p).__name__ for p in chain]  # type: ignore[union-attr]
-        if kinds == ["_WeightNorm"]:
-            return f"parametrizations.{weight}.original1", chain.original1  # type: ignore[union-attr, return-value]
-        if kinds == ["_SpectralNorm"]:
-            return f"parametrizations.{weight}.original", chain.original  # type: ignore[union-attr, return-value]
+        chain: Any = module.parametrizations[weight]  # type: ignore[index]
+        kinds = [type(p).__name__ for p in chain]
+        if kinds == ["_WeightNorm"]:  # weight = g * v / |v|: a zero in the direction v is a zero
+            return f"parametrizations.{weight}.original1", chain.original1
+        if kinds == ["_SpectralNorm"]:  # weight = original / sigma
+            return f"parametrizations.{weight}.original", chain.original
         how = " and ".join(k.strip("_") for k in kinds)
-        return f"its {weight} is computed by a {how} parametrization, so zeros in its original are not zeros in the weight"
+        return (
+            f"its {weight} is computed by a {how} parametrization, so zeros in its original are not zeros"
+            " in the weight"
+        )
     for attr in (weight, f"{weight}_orig", f"{weight}_v"):
         param = params.get(attr)
         if param is not None and (attr != f"{weight}_v" or f"{weight}_g" in params):

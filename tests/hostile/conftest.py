@@ -20,9 +20,25 @@ from torch import nn
 from prune_magic.engine.errors import MESSAGE_LIMIT, PruneError
 
 
-def _bits(tensor: torch.Tensor) -> torch.Tensor:
+def _bits(tensor: torch.Tensor) -> Any:
+    """The values as raw bytes (logical order): tensor subclasses by their inner tensors."""
+    if tensor.device.type == "meta":
+        return None
+    if type(tensor) not in (torch.Tensor, nn.Parameter, nn.Buffer) and hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return tuple(_bits(getattr(tensor, n)) for n in names)
     t = tensor.detach().cpu()
+    if t.is_quantized:
+        t = t.int_repr()
     return t.contiguous().view(-1).view(torch.uint8).clone() if t.is_floating_point() else t.clone()
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(map(_equal, a, b))
+    if a is None or b is None:
+        return a is b
+    return torch.equal(a, b)
 
 
 @dataclass
@@ -69,7 +85,7 @@ class Snapshot:
             assert tuple(now_meta) == tuple(meta), (
                 f"{name}: identity, type, dtype, device, shape, stride or requires_grad changed"
             )
-            assert torch.equal(now_bits, bits), f"{name}: values changed"
+            assert _equal(now_bits, bits), f"{name}: values changed"
 
 
 def _hook_dicts(module: nn.Module) -> list[dict[int, Any]]:
