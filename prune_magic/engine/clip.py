@@ -77,8 +77,11 @@ def apply_clip(step: Step, targets: Sequence[Target], records: list[TensorRecord
 
 
 def layer_std(param: torch.Tensor) -> float:
-    """Standard deviation of a layer's weights (Bessel-corrected, as ``torch.std``)."""
+    """Standard deviation of a layer's weights (Bessel-corrected, as ``torch.std``); 0 for a
+    single weight (no spread: ``sigma=`` clips nothing there, instead of comparing with NaN)."""
     values = param.detach()
+    if values.numel() < 2:
+        return 0.0
     return float(values.std() if values.dtype in (torch.float32, torch.float64) else values.float().std())
 
 

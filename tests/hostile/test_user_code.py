@@ -214,3 +214,24 @@ def test_a_loss_that_changes_weights_is_refused(mlp, x):
     with pytest.raises(WeightsChanged, match=r"loss\(model\)"):
         pm.prune(mlp, "finetune epochs=1", train=(x, y), loss=loss)
     after_clip.assert_same(mlp)
+
+
+def test_a_dashboard_update_whose_eval_prunes_the_model_is_refused(mlp):
+    from prune_magic.widgets import Rerun
+
+    def nested(m):
+        pm.prune(m, "clip amount=0.9")
+        return 1.0
+
+    rerun = Rerun(mlp, evaluate=nested, tag="cell:1")
+    refused(mlp, lambda: rerun("clip amount=0.5"), "still running", "nested")
+
+
+def test_pruning_inside_keep_masks_is_refused_until_the_block_ends(mlp, x):
+    pm.prune(mlp, "clip amount=0.5")
+    optimizer = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    with pm.keep_masks(mlp, optimizer):
+        refused(mlp, lambda: pm.prune(mlp, "clip amount=0.7"), "pm.keep_masks is still running")
+        pm.report(mlp)  # reading is fine
+    pm.prune(mlp, "clip amount=0.7")
+    assert len(pm.history(mlp)) == 3
