@@ -176,8 +176,9 @@ def prune(
         example_input: a tensor (or tuple of inputs) to count MACs with.
         dry_run: report what the recipe would do, then restore the model exactly.
         undo: keep an undo record (on the CPU, the changed values plus one bit per
-            weight). ``False`` saves that memory for very large models; the step cannot
-            be undone then, nor rolled back if ``evaluate`` fails afterwards.
+            weight). ``False`` saves that memory for very large models; a clip step cannot
+            be undone then, nor rolled back if something fails after it: the rollback stops
+            at the last such step and the error says so.
         report: measure per-tensor sparsity, MACs and (for structured steps) latency before and
             after (``False`` skips those passes).
         data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``,
