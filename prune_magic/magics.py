@@ -169,9 +169,10 @@ class PruneMagics(Magics):
         except UsageError as exc:
             raise UsageError(_quote_hint(str(exc), line)) from None
         from . import engine
-        from .engine.guard import check_untouched, versions
+        from .engine.guard import check_model, check_untouched, versions
 
         model = self._model(args.model)
+        check_model(model)  # (before the dashboard reads its weights)
         # the namespace's code ({expr}, --data ...) runs before the engine: it must not change the model
         before = versions(model)
         recipe = self._expand(cell)
@@ -521,10 +522,12 @@ class _TrainingProgress(_Live):
 
 
 def _histograms(model: Any) -> dict[str, Any]:
-    """Magnitude histograms of the model's weights, by parameter name."""
+    """Magnitude histograms of the model's weights, by parameter name (int8 ones dequantized)."""
     from .engine.report import histogram
+    from .widgets import _weight
 
-    return {name: histogram(p) for name, p in model.named_parameters() if name.endswith("weight")}
+    names = [name for name, _ in model.named_parameters() if name.endswith("weight")]
+    return {name: histogram(_weight(model, name)) for name in names}
 
 
 def model_names(namespace: dict[str, Any]) -> list[str]:

@@ -145,7 +145,7 @@ def _zero_below(
     """
     param = target.param
     lambd = shrink_value(key, param.dtype)
-    if lambd is None:
+    if lambd is None or not param.numel():  # (an empty layer: nothing to zero)
         return ties
     bits = int_view(param)
     flat = flat_view(param)

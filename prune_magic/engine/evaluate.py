@@ -150,7 +150,18 @@ def pair(data: object) -> tuple[torch.Tensor, torch.Tensor]:
     return X, y
 
 
+def check_reusable(data: object, role: str) -> None:
+    """Refuse a one-shot iterator (a generator, ``iter(loader)``): it is read before and after."""
+    if isinstance(data, Iterator):
+        raise PruneError(
+            f"the {role} data is a {type(data).__name__}, which can be read only once, and it is read"
+            " more than once (before and after, each epoch); pass a DataLoader, a list of batches or an"
+            " (X, y) pair"
+        )
+
+
 def _batches(data: object, batch_size: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    check_reusable(data, "evaluation")
     if is_pair(data):
         X, y = pair(data)
         return lambda: zip(torch.split(X, batch_size), torch.split(y, batch_size), strict=True)

@@ -26,7 +26,7 @@ from .errors import PruneError
 _RUNNING: dict[int, str] = {}  # id(module) -> the call that holds it
 _LOCK = threading.Lock()
 
-Versions = dict[str, tuple[int, int]]
+Versions = dict[str, tuple[object, ...]]
 
 
 class WeightsChanged(PruneError):
@@ -61,8 +61,12 @@ def exclusive(model: nn.Module, call: str) -> Iterator[None]:
 
 
 def versions(model: nn.Module) -> Versions:
-    """Each parameter's identity and version counter, by name."""
-    return {name: (id(p), p._version) for name, p in model.named_parameters(remove_duplicate=False)}
+    """Each parameter's identity, version counter, dtype, device and shape, by name (``model.double()``
+    swaps ``.data`` without a version bump; the dtype shows it)."""
+    return {
+        name: (id(p), p._version, p.dtype, p.device, tuple(p.shape))
+        for name, p in model.named_parameters(remove_duplicate=False)
+    }
 
 
 def changed_since(model: nn.Module, before: Versions) -> list[str]:

@@ -26,7 +26,7 @@ from torch import nn
 
 from .clip import apply_clip
 from .errors import PruneError
-from .evaluate import eval_mode
+from .evaluate import check_reusable, eval_mode
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import Entry, begin, commit, history, redo, rewind, sync_versions, taint, undo
 from .quantize import Quantized, apply_quantize
@@ -363,6 +363,10 @@ def _select(model: nn.Module, step: Step) -> list[Target]:
 
 def _check_inputs(model: nn.Module, recipe: Recipe, train: object, data: object, keep: bool) -> None:
     """Steps that need data, a teacher or an undo record say so before anything changes."""
+    if train is not None:
+        check_reusable(train, "training")
+    if data is not None:
+        check_reusable(data, "calibration")
     for i, step in enumerate(recipe.steps):
         if needs_training_data(step) and train is None:
             raise PruneError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from IPython.core.error import UsageError
@@ -180,3 +182,27 @@ def test_an_expression_that_changes_the_model_stops_the_cell_and_says_so(ip):
 
 def test_unicode_digits_in_a_cell_are_one_line(ip):
     magic_fails(ip, "%%prune model\nclip amount=0.5 steps=² finetune=1", "steps=² must be a whole number")
+
+
+def test_a_one_shot_iterator_as_data_is_refused_before_anything_changes(mlp, labelled):
+    X, y = labelled
+    batches = ((X[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8))
+    refused(mlp, lambda: pm.prune(mlp, "clip amount=0.5", train=batches), "generator", "read only once")
+    refused(mlp, lambda: pm.engine.evaluate.accuracy(iter([(X, y)])), "list_iterator", "DataLoader")
+
+
+def test_an_empty_layer_is_clipped_without_a_fuss():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: initializing zero-element tensors is a no-op
+        model = torch.nn.Sequential(torch.nn.Linear(4, 0), torch.nn.Linear(0, 2))
+    for recipe in ("clip amount=0.5", "clip threshold=0.1", "clip sigma=1"):
+        assert pm.prune(model, recipe).steps[0].sparsity == 0.0
+
+
+def test_a_live_cell_after_quantize_int8_still_draws_its_histograms(ip):
+    pytest.importorskip("torchao")
+    from prune_magic.magics import _histograms
+
+    ip.run_cell("%%prune model --quiet\nquantize int8 backend=torchao").raise_error()
+    shown = _histograms(ip.user_ns["model"])
+    assert set(shown) == {"0.weight", "2.weight"}

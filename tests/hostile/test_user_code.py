@@ -235,3 +235,12 @@ def test_pruning_inside_keep_masks_is_refused_until_the_block_ends(mlp, x):
         pm.report(mlp)  # reading is fine
     pm.prune(mlp, "clip amount=0.7")
     assert len(pm.history(mlp)) == 3
+
+
+def test_an_eval_that_changes_the_dtype_is_seen_too(mlp):
+    def doubles(m):
+        m.double()
+        return 1.0
+
+    with pytest.raises(WeightsChanged, match=r"doubles\(model\) changed the model's weights"):
+        pm.prune(mlp, "clip amount=0.5", evaluate=doubles)
