@@ -9,7 +9,8 @@
   callback or loss, the parameters' version counters (torch bumps them on every in-place
   change) and identities are compared; a change is refused, naming the function.
 - **Models that cannot be pruned in place** are refused up front with what they are and
-  what to do: ``torch.compile``'d (prune ``model._orig_mod``), TorchScript, the meta device.
+  what to do: ``torch.compile``'d (prune ``model._orig_mod``), TorchScript, the meta device,
+  lazy layers not yet run.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def check_model(model: nn.Module, call: str = "pm.prune") -> None:
                 " prune the nn.Module before scripting it, then script the pruned model"
             )
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            raise PruneError(
+                f"{name} is not initialized yet (a lazy layer has no weights before its first forward):"
+                " run the model on one batch first"
+            )
         if tensor.device.type == "meta":
             raise PruneError(
                 f"the model is on the meta device ({name} has a shape but no data): load real weights"

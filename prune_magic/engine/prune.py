@@ -202,13 +202,14 @@ def prune(
     # every pattern and every input is checked before anything changes
     selected = [_select(model, step) for step in parsed.steps]
     _check_inputs(model, parsed, train, data, undo or dry_run)
+    step_notes = _notes(model, parsed)  # (on the model as it is: later steps may replace layers)
     structured = any(step.kind == "structured" for step in parsed.steps)
     if example_input is not None and not report:  # (the report's MAC count checks it otherwise)
         fits(model, example_input)
     with exclusive(model, "pm.prune"):
         return _prune(
             model, parsed, selected, evaluate, example_input, dry_run, undo, report, tag, data, train, loss,
-            progress, structured,
+            progress, structured, step_notes,
         )  # fmt: skip
 
 
@@ -227,6 +228,7 @@ def _prune(
     loss: Loss | None,
     progress: Callable[[Progress], None] | None,
     structured: bool,
+    step_notes: tuple[str, ...],
 ) -> PruneResult:
     started = time.perf_counter()
     note = begin(model)
@@ -292,7 +294,7 @@ def _prune(
         metric_name(evaluate),
         latency_before,
         latency_after,
-        _notes(model, parsed),
+        step_notes,
     )
 
 
@@ -302,10 +304,7 @@ def _notes(model: nn.Module, recipe: Recipe) -> tuple[str, ...]:
     for step in recipe.steps:
         if step.kind in ("clip", "quantize"):
             layers = step.options.get("layers")
-            try:
-                targets = select(model, layers, step.options.get("exclude"))  # type: ignore[arg-type]
-            except PruneError:  # (a structured or quantize step replaced the layers)
-                continue
+            targets = select(model, layers, step.options.get("exclude"))  # type: ignore[arg-type]
             found.update(dict.fromkeys(notes(model, targets, layers)))  # type: ignore[arg-type]
     return tuple(found)
 

@@ -125,7 +125,7 @@ def check_target(target: Target) -> None:
     """Refuse a tensor a clip cannot change in place, naming it and the fix."""
     param = target.param
     if type(param) not in (nn.Parameter, torch.Tensor):
-        raise SelectionError(f"{target.name} is a {type(param).__name__}: {_SUBCLASS}")
+        raise SelectionError(f"{target.name} {_odd(param)}")
     if param.device.type == "meta":
         raise SelectionError(
             f"{target.name} is on the meta device (a shape without data); load the weights first"
@@ -170,10 +170,12 @@ def notes(model: nn.Module, targets: Sequence[Target], layers: Sequence[str] | N
     return out
 
 
-_SUBCLASS = (
-    "a tensor subclass (torchao's int8 after `quantize int8`, say), not a plain float tensor;"
-    " clip before quantizing (pm.undo the quantize step first)"
-)
+def _odd(param: torch.Tensor) -> str:
+    """Why a parameter that is not a plain tensor can't be clipped (after "its weight ...")."""
+    return (
+        f"is a {type(param).__name__}, a tensor subclass (torchao's int8 after `quantize int8`, say), not a"
+        " plain float tensor; clip before quantizing (pm.undo the quantize step first)"
+    )
 
 
 def _skipped_text(skipped: dict[str, tuple[str, str]]) -> str:
@@ -219,14 +221,14 @@ def stored(module: nn.Module, weight: str) -> tuple[str, nn.Parameter] | str:
             return f"parametrizations.{weight}.original", chain.original
         how = " and ".join(k.strip("_") for k in kinds)
         return (
-            f"its {weight} is computed by a {how} parametrization, so zeros in its original are not zeros"
+            f"its {weight} is computed by its {how} parametrization, so zeros in its original are not zeros"
             " in the weight"
         )
     for attr in (weight, f"{weight}_orig", f"{weight}_v"):
         param = params.get(attr)
         if param is not None and (attr != f"{weight}_v" or f"{weight}_g" in params):
             if type(param) not in (nn.Parameter, torch.Tensor):
-                return f"its {weight} is a {type(param).__name__}, {_SUBCLASS}"
+                return f"its {weight} {_odd(param)}"
             return attr, param
     return f"no {weight} parameter"
 

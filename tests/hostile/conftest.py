@@ -53,6 +53,9 @@ class Snapshot:
         tensors = {}
         for kind, named in (("param", model.named_parameters), ("buffer", model.named_buffers)):
             for name, t in named(remove_duplicate=False):
+                if isinstance(t, nn.parameter.UninitializedTensorMixin):  # a lazy layer: no shape yet
+                    tensors[f"{kind}:{name}"] = (id(t), type(t), None)
+                    continue
                 tensors[f"{kind}:{name}"] = (
                     id(t),
                     type(t),

@@ -116,7 +116,9 @@ def test_an_orthogonal_layer_is_skipped_and_named_with_why():
     model = nn.Sequential(parametrizations.orthogonal(nn.Linear(6, 6)), nn.ReLU(), nn.Linear(6, 2))
     result = pm.prune(model, "clip amount=0.5")
     assert result.steps[0].targets == ("2.weight",)
-    assert any("skipped 0 (its weight is computed by a Orthogonal parametrization" in n for n in result.notes)
+    assert any(
+        "skipped 0 (its weight is computed by its Orthogonal parametrization" in n for n in result.notes
+    )
     assert "note: skipped 0" in str(result)
     only = nn.Sequential(parametrizations.orthogonal(nn.Linear(6, 6)))
     message = refused(
@@ -245,6 +247,13 @@ def test_clipping_after_quantize_int8_is_refused_with_the_fix(backend):
     pm.prune(model, f"quantize int8 backend={backend}")
     message = refused(model, lambda: pm.prune(model, "clip amount=0.5"), "before quantiz")
     assert "NotImplementedError" not in message
+
+
+def test_a_lazy_layer_says_to_run_the_model_first():
+    model = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    refused(model, lambda: pm.prune(model, "clip amount=0.5 layers=2"), "0.weight is not initialized yet")
+    model(torch.randn(1, 3))
+    assert pm.prune(model, "clip amount=0.5").steps[0].targets == ("0.weight", "2.weight")
 
 
 def test_quantize_int8_says_larger_when_the_checkpoint_grew():
