@@ -115,7 +115,7 @@ def check_model(model: nn.Module, call: str = "pm.prune") -> None:
                 " prune the nn.Module before scripting it, then script the pruned model"
             )
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+        if isinstance(tensor, nn.parameter.UninitializedParameter | nn.parameter.UninitializedBuffer):
             raise PruneError(
                 f"{name} is not initialized yet (a lazy layer has no weights before its first forward):"
                 " run the model on one batch first"
