@@ -258,18 +258,19 @@ def _prune(
         last = results[-1].curve[-1] if results and results[-1].curve else None
         trained = last is not None and last.metric is not None and last.label != "before training"
         metric_after = last.metric if trained else _evaluate(evaluate, model)  # type: ignore[union-attr]
-    except WeightsChanged as exc:
-        _rollback(model, done, rewound)
-        taint(model, exc.names)  # undo and reset must not pass over what the user's code changed
-        raise WeightsChanged(
-            f"{exc}. pm.prune rolled back its own steps; what your code changed stays, and undo/reset"
-            " refuse to mix it with older weights (pm.forget(model) keeps the current ones)",
-            exc.names,
-        ) from None
     except BaseException as exc:
         kept = _rollback(model, done, rewound)
-        if kept:
-            raise _unrolled(exc, kept) from exc
+        if isinstance(exc, WeightsChanged):
+            taint(model, exc.names)  # undo and reset must not pass over what the user's code changed
+            text = (
+                f"{exc}. pm.prune rolled back its own steps; what your code changed stays, and undo/reset"
+                " refuse to mix it with older weights (pm.forget(model) keeps the current ones)"
+            )
+            raise WeightsChanged(f"{text}; {_unrolled(kept)}" if kept else text, exc.names) from None
+        if kept and isinstance(exc, PruneError):
+            raise type(exc)(f"{exc}; {_unrolled(kept)}") from exc
+        if kept and hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(_unrolled(kept))
         raise
     if dry_run:
         _rollback(model, done, rewound)
@@ -323,18 +324,12 @@ def _watched(model: nn.Module, fn: Callable[..., Any] | None, role: str) -> Any:
     return watched
 
 
-def _unrolled(exc: BaseException, kept: list[Entry]) -> BaseException:
-    """``exc``, saying which steps kept no undo record (undo=False) and so stay applied."""
-    last = kept[-1]
-    text = (
-        f"undo=False: {last.step!r} kept no undo record, so the model stays as it was after that step"
-        f" ({len(kept)} step(s) of this call applied); the steps after it were rolled back"
+def _unrolled(kept: list[Entry]) -> str:
+    """What a failed call's rollback could not undo: the steps that kept no record (undo=False)."""
+    return (
+        f"undo=False: {kept[-1].step!r} kept no undo record, so the model stays as it was after that"
+        f" step ({len(kept)} step(s) of this call applied); the steps after it were rolled back"
     )
-    if isinstance(exc, PruneError):
-        return type(exc)(f"{exc}; {text}")
-    if hasattr(exc, "add_note"):  # Python 3.11+
-        exc.add_note(text)
-    return exc
 
 
 def _remember(evaluate: Evaluate | None, metric: Metric | None) -> tuple[Any, Metric] | None:

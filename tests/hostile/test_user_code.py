@@ -244,3 +244,18 @@ def test_an_eval_that_changes_the_dtype_is_seen_too(mlp):
 
     with pytest.raises(WeightsChanged, match=r"doubles\(model\) changed the model's weights"):
         pm.prune(mlp, "clip amount=0.5", evaluate=doubles)
+
+
+def test_ctrl_c_after_an_unrecorded_clip_says_what_stays(mlp):
+    calls = []
+
+    def interrupted(m):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        pm.prune(mlp, "clip amount=0.5", evaluate=interrupted, undo=False)
+    assert any("undo=False: 'clip amount=0.5' kept no undo record" in n for n in info.value.__notes__)
+    assert int((mlp[0].weight == 0).sum()) == 64
