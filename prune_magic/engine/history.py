@@ -6,9 +6,10 @@ of a model starts with no history.
 
 Every parameter and buffer carries a version counter that torch bumps on each in-place
 change (an optimizer step, ``load_state_dict``, ...). After each step the history notes
-them; when they differ later, the model was changed outside prune_magic, and undoing
-would mix old and new weights. Edits through ``tensor.data`` bypass the counter and
-are not seen.
+them (with each tensor's dtype, device and shape: ``model.double()`` swaps ``.data``
+without a bump); when they differ later, the model was changed outside prune_magic, and
+undoing would mix old and new weights. Other edits through ``tensor.data`` bypass the
+counter and are not seen.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class History:
 
     entries: list[Entry] = field(default_factory=list)
     note: str = ""
-    versions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    versions: dict[str, tuple[object, ...]] = field(default_factory=dict)
 
     @property
     def undo_bytes(self) -> int:
@@ -104,8 +105,12 @@ def history(model: nn.Module) -> History:
     return past if past is not None else History()
 
 
-def _versions(model: nn.Module) -> dict[str, tuple[int, int]]:
-    return {name: (id(t), t._version) for name, t in tensors_by_name(model).items()}
+def _versions(model: nn.Module) -> dict[str, tuple[object, ...]]:
+    # dtype, device and shape too: model.double() swaps .data without bumping the version
+    return {
+        name: (id(t), t._version, t.dtype, t.device, tuple(t.shape))
+        for name, t in tensors_by_name(model).items()
+    }
 
 
 def changed_outside(model: nn.Module) -> list[str]:
@@ -155,7 +160,7 @@ def taint(model: nn.Module, names: tuple[str, ...]) -> None:
     past = _HISTORIES.get(model)
     if past is not None:
         for name in names:
-            past.versions[name] = (-1, -1)
+            past.versions[name] = ("changed by user code",)
 
 
 def rewind(model: nn.Module, tag: str) -> list[Entry]:

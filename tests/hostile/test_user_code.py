@@ -259,3 +259,10 @@ def test_ctrl_c_after_an_unrecorded_clip_says_what_stays(mlp):
         pm.prune(mlp, "clip amount=0.5", evaluate=interrupted, undo=False)
     assert any("undo=False: 'clip amount=0.5' kept no undo record" in n for n in info.value.__notes__)
     assert int((mlp[0].weight == 0).sum()) == 64
+
+
+@pytest.mark.parametrize("change", ["double", "half"])
+def test_a_dtype_change_between_steps_makes_undo_refuse_instead_of_writing_garbage(mlp, change):
+    pm.prune(mlp, "clip amount=0.5")
+    getattr(mlp, change)()  # swaps each .data: no version bump
+    refused(mlp, lambda: pm.undo(mlp), "changed outside prune_magic", error=pm.HistoryError)
