@@ -31,7 +31,7 @@ from .guard import WeightsChanged, check_model, check_untouched, exclusive, vers
 from .history import Entry, begin, commit, history, redo, rewind, sync_versions, taint, undo
 from .quantize import Quantized, apply_quantize
 from .recipe import Recipe, Step, parse_recipe
-from .reparam import refresh, sync_masks, zero_masked
+from .reparam import check_directions, refresh, sync_masks, zero_masked
 from .report import Report, fits, latency
 from .report import report as _measure
 from .selection import Target, notes, select
@@ -433,6 +433,7 @@ def _apply(
             zeros, removals = apply_step(model, step, targets, records, example_input, data)
     if step.kind == "clip":
         sync_masks(model, targets, records)
+        check_directions(model, targets)
     if removals:  # (a quantize step's targets are the float weights it kept in its record)
         targets = _select(model, step)
     entry.sparsity = _sparsity(targets, zeros)

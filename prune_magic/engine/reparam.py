@@ -1,4 +1,6 @@
-"""Layers under ``torch.nn.utils.prune``: a clip keeps their mask and their weight in agreement.
+"""Layers whose weight is stored in another form: what a clip must keep right.
+
+``torch.nn.utils.prune``: a clip keeps the mask and the weight in agreement.
 
 Such a layer keeps ``weight_orig`` (a parameter) and ``weight_mask`` (a buffer); its
 ``weight`` is their product, recomputed before each forward. A clip step selects it
@@ -12,16 +14,20 @@ through ``weight_orig`` (see :mod:`.selection`) and
 
 and ``module.weight`` is computed again. Both tensors are recorded, so undo puts them back
 bit for bit.
+
+``weight_norm``: a clip of its direction must not zero a whole row (see :func:`check_directions`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from .errors import PruneError
 from .magnitude import flat_view, int_view
 from .selection import Target
 from .snapshot import Record, TensorRecord
@@ -52,6 +58,31 @@ def sync_masks(model: nn.Module, targets: Sequence[Target], records: list[Record
     for target, name, mask in _masked(model, targets):
         _zero(name, mask, target.param == 0, records)
     refresh(model)
+
+
+def check_directions(model: nn.Module, targets: Sequence[Target]) -> None:
+    """After a clip: refuse one that zeroed a whole slice of a ``weight_norm`` direction.
+
+    ``weight_norm`` computes ``g * v / |v|`` per slice of ``v`` (per output row by default):
+    a slice that is all zeros gives ``0 / 0``, weights that are NaN. The step is rolled back.
+    """
+    for target in targets:
+        if not target.name.endswith("parametrizations.weight.original1"):
+            continue
+        chain: Any = model.get_submodule(target.name.removesuffix(".original1"))
+        norm = chain[0]
+        if type(norm).__name__ != "_WeightNorm":
+            continue
+        v = target.param.detach()
+        dim = getattr(norm, "dim", 0)
+        slices = v.reshape(1, -1) if dim == -1 else v.transpose(0, dim).reshape(v.shape[dim], -1)
+        empty = int((slices == 0).all(dim=1).sum())
+        if empty:
+            raise PruneError(
+                f"{target.name}: the clip zeroed {empty} whole slice(s) of this weight_norm direction, and"
+                " weight_norm divides each by its norm (0 / 0: NaN weights); use a smaller amount or"
+                " threshold for this layer, or torch.nn.utils.parametrize.remove_parametrizations first"
+            )
 
 
 def refresh(model: nn.Module) -> None:

@@ -286,3 +286,18 @@ def test_a_wrong_shape_input_inside_a_nested_block_names_the_innermost_layer():
         lambda: pm.prune(model, "clip amount=0.5", example_input=torch.randn(1, 8)),
         "1.1 (Linear) rejects it",
     )
+
+
+def test_a_clip_that_would_make_weight_norm_divide_zero_by_zero_is_refused_and_rolled_back():
+    torch.manual_seed(0)
+    model = nn.Sequential(parametrizations.weight_norm(nn.Linear(8, 16)), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[0].parametrizations.weight.original1[3] = 1e-6  # one row of tiny directions
+    refused(
+        model,
+        lambda: pm.prune(model, "clip threshold=0.001"),
+        "0.parametrizations.weight.original1",
+        "zeroed 1 whole slice(s)",
+        "NaN",
+    )
+    pm.prune(model, "clip threshold=0.001 exclude=0")  # the rest of the model still clips
