@@ -164,16 +164,26 @@ class PruneMagics(Magics):
                 self._cell(line, cell)
 
     def _cell(self, line: str, cell: str) -> None:
-        args = parse_argstring(self.prune, line)
+        try:
+            args = parse_argstring(self.prune, line)
+        except UsageError as exc:
+            raise UsageError(_quote_hint(str(exc), line)) from None
         from . import engine
+        from .engine.guard import check_model, check_untouched, versions
 
         model = self._model(args.model)
+        check_model(model)  # (before the dashboard reads its weights)
+        # the namespace's code ({expr}, --data ...) runs before the engine: it must not change the model
+        before = versions(model)
         recipe = self._expand(cell)
+        stopped = "the cell stopped before pruning, and what it changed stays"
+        check_untouched(model, before, "expanding the recipe's {expr}", stopped)
         engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
         evaluate, data = self._evaluate(args)
         example = self._expression(args.example_input, "--example-input") if args.example_input else None
         train = self._expression(args.train, "--train") if args.train else None
         loss = self._name(args.loss, "--loss") if args.loss else None
+        check_untouched(model, before, "an option's expression (--data, --example-input, --train)", stopped)
         tag = (
             f"cell:{self._cell_id}"
             if self._cell_id
@@ -286,13 +296,16 @@ class PruneMagics(Magics):
     @contextmanager
     def _errors(self) -> Iterator[None]:
         """Errors a user can fix become one line (unless short_errors is off)."""
+        from .engine.errors import MESSAGE_LIMIT, PruneError, shorten
+
         try:
             yield
-        except UsageError:
+        except UsageError as exc:
+            message = str(exc)
+            if "\n" in message or len(message) > MESSAGE_LIMIT:  # one readable line, whatever it echoes
+                raise UsageError(shorten(" ".join(message.split()), MESSAGE_LIMIT)) from None
             raise
         except Exception as exc:
-            from .engine.errors import PruneError
-
             if not self.short_errors or not isinstance(exc, PruneError):
                 raise
             raise UsageError(str(exc)) from None
@@ -394,6 +407,7 @@ class _SweepParser(argparse.ArgumentParser):
         options = [o for action in self._actions for o in action.option_strings]
         unknown = re.findall(r"(--?[\w-]+)", message.partition("unrecognized arguments:")[2])
         hint = did_you_mean(unknown[0], options) if unknown else ""
+        message = _quote_hint(message, message)
         raise UsageError(f"%prune sensitivity: {message}{hint} (options: {' '.join(options)})")
 
 
@@ -408,6 +422,17 @@ _SWEEP.add_argument("--exclude")
 _SWEEP.add_argument("--example-input", metavar="EXPR")
 _SWEEP.add_argument("--tolerance", type=float, default=0.01)
 _SWEEP.add_argument("-o", "--output", metavar="NAME")
+
+
+def _quote_hint(message: str, line: str) -> str:
+    """An argparse error, with a hint when an unquoted expression was split at its spaces."""
+    extra = message.partition("unrecognized arguments:")[2]
+    if extra and any(c in extra or c in line for c in "()[]{},"):
+        return (
+            f'{message}: an option\'s value with spaces must be quoted, e.g. --data "(X_test, y_test)"'
+            ' or --example-input "x[:1]"'
+        )
+    return message
 
 
 def _patterns(text: str | None) -> list[str] | None:
@@ -497,10 +522,12 @@ class _TrainingProgress(_Live):
 
 
 def _histograms(model: Any) -> dict[str, Any]:
-    """Magnitude histograms of the model's weights, by parameter name."""
+    """Magnitude histograms of the model's weights, by parameter name (int8 ones dequantized)."""
     from .engine.report import histogram
+    from .widgets import _weight
 
-    return {name: histogram(p) for name, p in model.named_parameters() if name.endswith("weight")}
+    names = [name for name, _ in model.named_parameters() if name.endswith("weight")]
+    return {name: histogram(_weight(model, name)) for name in names}
 
 
 def model_names(namespace: dict[str, Any]) -> list[str]:

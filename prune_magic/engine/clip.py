@@ -34,6 +34,7 @@ from . import _kernels
 from .magnitude import (
     chunk_size,
     chunks,
+    flat_view,
     int_array,
     int_view,
     key_bits,
@@ -76,8 +77,11 @@ def apply_clip(step: Step, targets: Sequence[Target], records: list[TensorRecord
 
 
 def layer_std(param: torch.Tensor) -> float:
-    """Standard deviation of a layer's weights (Bessel-corrected, as ``torch.std``)."""
+    """Standard deviation of a layer's weights (Bessel-corrected, as ``torch.std``); 0 for a
+    single weight (no spread: ``sigma=`` clips nothing there, instead of comparing with NaN)."""
     values = param.detach()
+    if values.numel() < 2:
+        return 0.0
     return float(values.std() if values.dtype in (torch.float32, torch.float64) else values.float().std())
 
 
@@ -141,10 +145,10 @@ def _zero_below(
     """
     param = target.param
     lambd = shrink_value(key, param.dtype)
-    if lambd is None:
+    if lambd is None or not param.numel():  # (an empty layer: nothing to zero)
         return ties
     bits = int_view(param)
-    flat = param.detach().view(-1)
+    flat = flat_view(param)
     size = min(size, flat.numel())
     mask = (1 << key_bits(param.dtype)) - 1
     if where is not None:

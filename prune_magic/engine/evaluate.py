@@ -44,7 +44,9 @@ def accuracy(
                     break
                 room = None if max_samples is None else max_samples - seen
                 inputs, targets = _to_model(inputs[:room], model), targets[:room].to(_device(model))
-                correct += int((model(inputs).argmax(-1) == targets).sum())
+                output = model(inputs)
+                check_targets(output, targets, "accuracy")
+                correct += int((output.argmax(-1) == targets).sum())
                 seen += len(targets)
         if not seen:
             raise PruneError("the evaluation data is empty")
@@ -82,6 +84,34 @@ def _mode(model: nn.Module, training: bool) -> Iterator[None]:
             module.training = mode
 
 
+def check_targets(output: object, targets: torch.Tensor, use: str, strict: bool = True) -> None:
+    """Refuse targets that are not one class index per output row, before broadcasting hides it.
+
+    ``use``: what needs them ("accuracy", or "the default loss (cross-entropy)"). Not
+    ``strict`` (training with cross-entropy, which also takes soft labels and per-pixel
+    targets), only targets of shape (N, 1) beside (N, classes) scores are refused.
+    """
+    shape = tuple(targets.shape)
+    if targets.dim() == 2 and shape[1] == 1:
+        raise PruneError(
+            f"{use} needs one class index per sample, shape (N,), and the targets have shape {shape}:"
+            " pass y.squeeze(1) (or y.view(-1))"
+        )
+    if not strict:
+        return
+    if targets.dim() != 1:
+        raise PruneError(
+            f"{use} needs one class index per sample, shape (N,), and the targets have shape {shape}"
+            + (" (one-hot? pass y.argmax(1))" if targets.dim() == 2 else "")
+        )
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != shape[0]:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise PruneError(
+            f"{use} needs the model to return class scores of shape (N, classes) for N = {shape[0]}"
+            f" targets, and it returned {got}; pass an eval function (--eval) for other outputs"
+        )
+
+
 def first_batch(data: object, model: nn.Module, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``(inputs, targets)`` batch of ``data``, on the model's device and dtype."""
     for inputs, targets in _batches(data, batch_size)():
@@ -111,12 +141,27 @@ def is_pair(data: object) -> bool:
 def pair(data: object) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(X, y)`` pair as tensors, checked to be of one length."""
     X, y = (torch.as_tensor(d) for d in data)  # type: ignore[attr-defined]
+    if X.dim() == 0 or y.dim() == 0:
+        raise PruneError(
+            f"the (X, y) pair needs a batch dimension; got shapes {tuple(X.shape)} and {tuple(y.shape)}"
+        )
     if len(X) != len(y):
         raise PruneError(f"the (X, y) pair has {len(X)} inputs but {len(y)} targets")
     return X, y
 
 
+def check_reusable(data: object, role: str) -> None:
+    """Refuse a one-shot iterator (a generator, ``iter(loader)``): it is read before and after."""
+    if isinstance(data, Iterator):
+        raise PruneError(
+            f"the {role} data is a {type(data).__name__}, which can be read only once, and it is read"
+            " more than once (before and after, each epoch); pass a DataLoader, a list of batches or an"
+            " (X, y) pair"
+        )
+
+
 def _batches(data: object, batch_size: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    check_reusable(data, "evaluation")
     if is_pair(data):
         X, y = pair(data)
         return lambda: zip(torch.split(X, batch_size), torch.split(y, batch_size), strict=True)
@@ -127,5 +172,11 @@ def _batches(data: object, batch_size: int) -> Callable[[], Iterator[tuple[torch
 
 def _pair(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, tuple | list) and len(batch) >= 2:
-        return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+        inputs, targets = torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+        if inputs.dim() == 0 or targets.dim() == 0 or len(inputs) != len(targets):
+            raise PruneError(
+                f"a batch has inputs of shape {tuple(inputs.shape)} and targets of shape"
+                f" {tuple(targets.shape)}: each batch must be (inputs, targets) of one length"
+            )
+        return inputs, targets
     raise PruneError(f"each batch must be (inputs, targets), got {type(batch).__name__}")

@@ -6,9 +6,10 @@ of a model starts with no history.
 
 Every parameter and buffer carries a version counter that torch bumps on each in-place
 change (an optimizer step, ``load_state_dict``, ...). After each step the history notes
-them; when they differ later, the model was changed outside prune_magic, and undoing
-would mix old and new weights. Edits through ``tensor.data`` bypass the counter and
-are not seen.
+them (with each tensor's dtype, device and shape: ``model.double()`` swaps ``.data``
+without a bump); when they differ later, the model was changed outside prune_magic, and
+undoing would mix old and new weights. Other edits through ``tensor.data`` bypass the
+counter and are not seen.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 from torch import nn
 
 from .errors import HistoryError
+from .guard import exclusive
+from .reparam import refresh
 from .report import format_bytes
 from .snapshot import Record, Signature, redo_all, restore_all, tensors_by_name
 
@@ -50,7 +53,7 @@ class History:
 
     entries: list[Entry] = field(default_factory=list)
     note: str = ""
-    versions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    versions: dict[str, tuple[object, ...]] = field(default_factory=dict)
 
     @property
     def undo_bytes(self) -> int:
@@ -99,11 +102,16 @@ def history(model: nn.Module) -> History:
     >>> len(history(nn.Linear(2, 2)))
     0
     """
-    return _HISTORIES.get(model) or History()
+    past = _HISTORIES.get(model)  # (not `or`: a History with no steps is falsy, and may carry a note)
+    return past if past is not None else History()
 
 
-def _versions(model: nn.Module) -> dict[str, tuple[int, int]]:
-    return {name: (id(t), t._version) for name, t in tensors_by_name(model).items()}
+def _versions(model: nn.Module) -> dict[str, tuple[object, ...]]:
+    # dtype, device and shape too: model.double() swaps .data without bumping the version
+    return {
+        name: (id(t), t._version, t.dtype, t.device, tuple(t.shape))
+        for name, t in tensors_by_name(model).items()
+    }
 
 
 def changed_outside(model: nn.Module) -> list[str]:
@@ -147,6 +155,15 @@ def sync_versions(model: nn.Module) -> None:
         past.versions = _versions(model)
 
 
+def taint(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Note that ``names`` were changed by user code during a call (an eval function that
+    trains, say): undo and reset then refuse, as for any change outside prune_magic."""
+    past = _HISTORIES.get(model)
+    if past is not None:
+        for name in names:
+            past.versions[name] = ("changed by user code",)
+
+
 def rewind(model: nn.Module, tag: str) -> list[Entry]:
     """Undo the trailing steps tagged ``tag`` (a re-run cell's previous run); oldest first.
 
@@ -180,29 +197,34 @@ def undo(model: nn.Module) -> Entry:
     Raises :class:`HistoryError` when there is nothing to undo or the model was changed
     outside prune_magic since the last step.
     """
-    past = _checked(model, "undo")
-    entry = past.entries[-1]
-    restore_all(model, entry.records, expect=entry.before)
-    past.entries.pop()
-    past.versions = _versions(model)
+    with exclusive(model, "pm.undo"):
+        past = _checked(model, "undo")
+        entry = past.entries[-1]
+        restore_all(model, entry.records, expect=entry.before)
+        refresh(model)
+        past.entries.pop()
+        past.versions = _versions(model)
     return entry
 
 
 def reset(model: nn.Module) -> list[Entry]:
     """Undo every step, back to the weights the history started from; return the steps."""
-    past = _checked(model, "reset")
-    undone = []
-    while past.entries:
-        undone.append(past.entries[-1])
-        restore_all(model, past.entries[-1].records, expect=past.entries[-1].before)
-        past.entries.pop()
-    past.versions = _versions(model)
+    with exclusive(model, "pm.reset"):
+        past = _checked(model, "reset")
+        undone = []
+        while past.entries:
+            undone.append(past.entries[-1])
+            restore_all(model, past.entries[-1].records, expect=past.entries[-1].before)
+            past.entries.pop()
+        refresh(model)
+        past.versions = _versions(model)
     return undone
 
 
 def forget(model: nn.Module) -> int:
     """Drop the history of ``model`` (its weights stay as they are); return the bytes freed."""
-    past = _HISTORIES.pop(model, None)
+    with exclusive(model, "pm.forget"):
+        past = _HISTORIES.pop(model, None)
     return past.undo_bytes if past else 0
 
 

@@ -51,14 +51,40 @@ _INT_OF = {
 use_numpy: bool | None = None
 
 
+def is_dense(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` covers one block of memory exactly, in some order of its dims:
+    contiguous, ``channels_last``, a transposed weight. A slice such as ``w[:, ::2]`` is not."""
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(tensor.stride(), tensor.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def flat_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor's elements in memory order (no copy).
+
+    Clipping and its undo records work element by element on this view, so a
+    ``channels_last`` Conv weight or a transposed view keeps its layout; a position in a
+    record is a position in memory.
+    """
+    if tensor.is_contiguous():
+        return tensor.detach().view(-1)
+    if not is_dense(tensor):
+        raise PruneError(
+            f"a tensor of shape {tuple(tensor.shape)} and strides {tensor.stride()} does not cover its"
+            " memory densely (a slice?); make it contiguous first"
+        )
+    return tensor.detach().as_strided((tensor.numel(),), (1,), tensor.storage_offset())
+
+
 def int_view(tensor: torch.Tensor) -> torch.Tensor:
-    """The flat bit pattern of a float tensor, as an integer view (no copy)."""
-    if not tensor.is_contiguous():
-        raise PruneError(f"a tensor of shape {tuple(tensor.shape)} is not contiguous; make it so first")
-    try:
-        return tensor.detach().view(-1).view(_INT_OF[tensor.dtype])
-    except KeyError:
-        raise PruneError(f"weights of dtype {tensor.dtype} are not supported") from None
+    """The flat bit pattern of a float tensor (in memory order), as an integer view (no copy)."""
+    kind = _INT_OF.get(tensor.dtype)
+    if kind is None:
+        raise PruneError(f"weights of dtype {tensor.dtype} are not supported")
+    return flat_view(tensor).view(kind)
 
 
 _NUMPY_INT_OF = {torch.float16: np.int16, torch.float32: np.int32, torch.float64: np.int64}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import HistoryError
+from .guard import exclusive
 from .history import Entry, begin, commit, history
 from .selection import select
 from .snapshot import Record, TensorRecord, tensors_by_name
@@ -66,6 +67,12 @@ def keep_masks(model: nn.Module, *optimizers: torch.optim.Optimizer, undo: bool 
     """
     if not optimizers:
         raise TypeError("keep_masks(model, optimizer, ...) needs the optimizer(s) that will train the model")
+    with exclusive(model, "pm.keep_masks"), _kept(model, optimizers, undo) as masks:
+        yield masks
+
+
+@contextmanager
+def _kept(model: nn.Module, optimizers: tuple[torch.optim.Optimizer, ...], undo: bool) -> Iterator[Masks]:
     begin(model)
     params = dict(model.named_parameters())
     names = _clipped(model)

@@ -26,13 +26,15 @@ from torch import nn
 
 from .clip import apply_clip
 from .errors import PruneError
-from .evaluate import eval_mode
-from .history import Entry, begin, commit, history, redo, rewind, sync_versions, undo
+from .evaluate import check_reusable, eval_mode
+from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
+from .history import Entry, begin, commit, history, redo, rewind, sync_versions, taint, undo
 from .quantize import Quantized, apply_quantize
 from .recipe import Recipe, Step, parse_recipe
-from .report import Report, latency
+from .reparam import check_directions, refresh, sync_masks, zero_masked
+from .report import Report, fits, latency
 from .report import report as _measure
-from .selection import Target, select
+from .selection import Target, notes, select
 from .snapshot import Record, deferred_interrupt, restore_all, signature
 from .structured import Removal, apply_structured
 from .train import (
@@ -91,6 +93,7 @@ class PruneResult:
     metric_name: str = "metric"  # what a single-number metric is called (the eval function's name)
     latency_before: float | None = None  # seconds per forward of the example input (structured steps)
     latency_after: float | None = None
+    notes: tuple[str, ...] = ()  # about the selection: layers skipped and why, tied weights
 
     def lines(self) -> list[str]:
         """The summary, one fact a line."""
@@ -120,6 +123,7 @@ class PruneResult:
                     f"warning: {', '.join(dead)} now entirely zero (the layer passes on only its bias);"
                     " exclude it or use scope=layer"
                 )
+        out.extend(f"note: {n}" for n in self.notes)
         if self.note:
             out.append(f"note: {self.note}")
         return out
@@ -172,8 +176,9 @@ def prune(
         example_input: a tensor (or tuple of inputs) to count MACs with.
         dry_run: report what the recipe would do, then restore the model exactly.
         undo: keep an undo record (on the CPU, the changed values plus one bit per
-            weight). ``False`` saves that memory for very large models; the step cannot
-            be undone then, nor rolled back if ``evaluate`` fails afterwards.
+            weight). ``False`` saves that memory for very large models; a clip step cannot
+            be undone then, nor rolled back if something fails after it: the rollback stops
+            at the last such step and the error says so.
         report: measure per-tensor sparsity, MACs and (for structured steps) latency before and
             after (``False`` skips those passes).
         data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``,
@@ -189,11 +194,42 @@ def prune(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    for name, fn in (("evaluate", evaluate), ("loss", loss), ("progress", progress)):
+        if fn is not None and not callable(fn):
+            raise PruneError(f"{name}= must be a function, not {type(fn).__name__}")
+    check_model(model)
     parsed = parse_recipe(recipe)
     # every pattern and every input is checked before anything changes
     selected = [_select(model, step) for step in parsed.steps]
     _check_inputs(model, parsed, train, data, undo or dry_run)
+    step_notes = _notes(model, parsed)  # (on the model as it is: later steps may replace layers)
     structured = any(step.kind == "structured" for step in parsed.steps)
+    if example_input is not None and not report:  # (the report's MAC count checks it otherwise)
+        fits(model, example_input)
+    with exclusive(model, "pm.prune"):
+        return _prune(
+            model, parsed, selected, evaluate, example_input, dry_run, undo, report, tag, data, train, loss,
+            progress, structured, step_notes,
+        )  # fmt: skip
+
+
+def _prune(
+    model: nn.Module,
+    parsed: Recipe,
+    selected: list[list[Target]],
+    evaluate: Evaluate | None,
+    example_input: object,
+    dry_run: bool,
+    undo: bool,
+    report: bool,
+    tag: str | None,
+    data: object,
+    train: object,
+    loss: Loss | None,
+    progress: Callable[[Progress], None] | None,
+    structured: bool,
+    step_notes: tuple[str, ...],
+) -> PruneResult:
     started = time.perf_counter()
     note = begin(model)
     rewound = rewind(model, tag) if tag is not None else []
@@ -207,7 +243,10 @@ def prune(
         timed = report and structured and example_input is not None
         latency_before = latency(model, example_input) if timed else None
         training = Training(
-            train, loss, (lambda m: _evaluate(evaluate, m)) if evaluate is not None else None, progress
+            train,
+            _watched(model, loss, "loss"),
+            (lambda m: _evaluate(evaluate, m)) if evaluate is not None else None,
+            _watched(model, progress, "progress"),
         )
         for i, step in enumerate(parsed.steps):
             # the first step's selection still holds unless a rewind put other tensors back
@@ -219,14 +258,27 @@ def prune(
         last = results[-1].curve[-1] if results and results[-1].curve else None
         trained = last is not None and last.metric is not None and last.label != "before training"
         metric_after = last.metric if trained else _evaluate(evaluate, model)  # type: ignore[union-attr]
-    except BaseException:
-        _rollback(model, done, rewound)
+    except BaseException as exc:
+        kept = _rollback(model, done, rewound)
+        if isinstance(exc, WeightsChanged):
+            taint(model, exc.names)  # undo and reset must not pass over what the user's code changed
+            text = (
+                f"{exc}. pm.prune rolled back its own steps; what your code changed stays, and undo/reset"
+                " refuse to mix it with older weights (pm.forget(model) keeps the current ones)"
+            )
+            raise WeightsChanged(f"{text}; {_unrolled(kept)}" if kept else text, exc.names) from None
+        if kept and isinstance(exc, PruneError):
+            raise type(exc)(f"{exc}; {_unrolled(kept)}") from exc
+        if kept and hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(_unrolled(kept))
         raise
     if dry_run:
         _rollback(model, done, rewound)
     else:
         start = _remember(evaluate, metric_before)
         for entry in done:
+            if not keep:  # (a step kept its record until the call succeeded, to roll back a failure)
+                entry.records, entry.undoable = [], False
             entry.tag, entry.start_metric = tag, start
             commit(model, entry)
     return PruneResult(
@@ -243,6 +295,40 @@ def prune(
         metric_name(evaluate),
         latency_before,
         latency_after,
+        step_notes,
+    )
+
+
+def _notes(model: nn.Module, recipe: Recipe) -> tuple[str, ...]:
+    """What each clip-like step's selection skipped or shares (tied weights), once each."""
+    found: dict[str, None] = {}
+    for step in recipe.steps:
+        if step.kind in ("clip", "quantize"):
+            layers = step.options.get("layers")
+            targets = select(model, layers, step.options.get("exclude"))  # type: ignore[arg-type]
+            found.update(dict.fromkeys(notes(model, targets, layers)))  # type: ignore[arg-type]
+    return tuple(found)
+
+
+def _watched(model: nn.Module, fn: Callable[..., Any] | None, role: str) -> Any:
+    """``fn`` called as before, refused if it changed the model's weights."""
+    if fn is None:
+        return None
+
+    def watched(*args: Any) -> Any:
+        before = versions(model)
+        value = fn(*args)
+        check_untouched(model, before, who(fn, role))
+        return value
+
+    return watched
+
+
+def _unrolled(kept: list[Entry]) -> str:
+    """What a failed call's rollback could not undo: the steps that kept no record (undo=False)."""
+    return (
+        f"undo=False: {kept[-1].step!r} kept no undo record, so the model stays as it was after that"
+        f" step ({len(kept)} step(s) of this call applied); the steps after it were rolled back"
     )
 
 
@@ -271,6 +357,10 @@ def _select(model: nn.Module, step: Step) -> list[Target]:
 
 def _check_inputs(model: nn.Module, recipe: Recipe, train: object, data: object, keep: bool) -> None:
     """Steps that need data, a teacher or an undo record say so before anything changes."""
+    if train is not None:
+        check_reusable(train, "training")
+    if data is not None:
+        check_reusable(data, "calibration")
     for i, step in enumerate(recipe.steps):
         if needs_training_data(step) and train is None:
             raise PruneError(
@@ -317,10 +407,11 @@ def _apply(
     # or a quantization must be able to roll back); without one, don't stop half-way
     recorded = keep or step.kind != "clip" or gradual(step)
     entry = Entry(str(step), [], math.nan, 0.0, undoable=recorded, before=signature(model))
-    if step.kind == "clip":
-        entry.clipped = tuple(t.name for t in targets)
     done.append(entry)
     records: list[Any] | None = entry.records if recorded else None
+    if step.kind == "clip":
+        entry.clipped = tuple(t.name for t in targets)
+        zero_masked(model, targets, records)  # layers under torch.nn.utils.prune (see reparam)
     removals: tuple[Removal, ...] = ()
     curve: tuple[Point, ...] = ()
     quantized = None
@@ -340,13 +431,14 @@ def _apply(
     else:
         with nullcontext() if recorded else deferred_interrupt():
             zeros, removals = apply_step(model, step, targets, records, example_input, data)
+    if step.kind == "clip":
+        sync_masks(model, targets, records)
+        check_directions(model, targets)
     if removals:  # (a quantize step's targets are the float weights it kept in its record)
         targets = _select(model, step)
-    if not keep:
-        entry.records, entry.undoable = [], False
     entry.sparsity = _sparsity(targets, zeros)
     entry.seconds = time.perf_counter() - started
-    changed = sum(r.changed for r in entry.records) if entry.undoable else None
+    changed = sum(r.changed for r in entry.records) if entry.undoable and keep else None
     names = tuple(t.name for t in targets)
     return StepResult(step, names, entry.sparsity, entry.seconds, changed, removals, curve, quantized)
 
@@ -377,13 +469,27 @@ def apply_step(
     return apply_clip(step, targets, records), ()
 
 
-def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> None:
-    """Undo this call's steps, then redo the steps it rewound: the model as it was."""
-    for entry in reversed(done):
-        restore_all(model, entry.records, expect=entry.before if entry.undoable else None)
+def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> list[Entry]:
+    """Undo this call's steps, then redo the steps it rewound: the model as it was.
+
+    A step without a record (a clip with undo=False) cannot be undone: the rollback stops
+    there, the model stays as it was after that step, and the steps up to it are
+    committed (without undo) and returned.
+    """
+    unrecorded = [i for i, entry in enumerate(done) if not entry.undoable]
+    stop = unrecorded[-1] + 1 if unrecorded else 0
+    for entry in reversed(done[stop:]):
+        restore_all(model, entry.records, expect=entry.before)
+    refresh(model)
     sync_versions(model)
+    if stop:
+        for entry in done[:stop]:
+            entry.records, entry.undoable = [], False
+            commit(model, entry)
+        return done[:stop]
     if rewound:
         redo(model, rewound)
+    return []
 
 
 @torch.no_grad()
@@ -398,11 +504,14 @@ def _evaluate(evaluate: Evaluate | None, model: nn.Module) -> Metric | None:
     if evaluate is None:
         return None
     name = getattr(evaluate, "__name__", "evaluate")
+    before = versions(model)
     try:
         with eval_mode(model):  # no BatchNorm statistics change, no dropout: undo stays exact
             value = evaluate(model)
     except Exception as exc:
+        check_untouched(model, before, who(evaluate))
         raise EvaluationError(f"{name}(model) raised {type(exc).__name__}: {exc}") from exc
+    check_untouched(model, before, who(evaluate))
     metric = as_metric(value)
     if metric is None:
         raise EvaluationError(

@@ -45,10 +45,14 @@ class Quantized:
         from .report import format_bytes
 
         what = "state_dict" if self.how.startswith(("torchao", "torch.ao")) else "selected weights"
-        return (
-            f"{self.how} on {len(self.layers)} layers: {what} {format_bytes(self.size_before)}"
-            f" -> {format_bytes(self.size_after)} ({self.size_before / max(1, self.size_after):.1f}x smaller)"
+        before, after = self.size_before, self.size_after
+        change = (
+            f"{before / max(1, after):.1f}x smaller"
+            if after <= before
+            else f"{after / max(1, before):.1f}x larger: the quantized layers' scales and metadata outweigh"
+            " what int8 saves on a model this small"
         )
+        return f"{self.how} on {len(self.layers)} layers: {what} {format_bytes(before)} -> {format_bytes(after)} ({change})"
 
 
 def apply_quantize(

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import RecipeError, did_you_mean
+from .errors import RecipeError, did_you_mean, shorten
 
 OptionKind = Literal["fraction", "nonnegative", "positive", "count", "choice", "patterns"]
 
@@ -195,13 +195,36 @@ def parse_recipe(text: str | Recipe | Step | Iterable[str]) -> Recipe:
         return text
     if isinstance(text, Step):
         return Recipe((text,))
-    lines = text.splitlines() if isinstance(text, str) else list(text)
+    if isinstance(text, str):
+        lines = text.splitlines()
+    elif isinstance(text, Iterable) and not isinstance(text, bytes | Mapping):
+        lines = list(text)
+    else:
+        lines = []
+    if not isinstance(text, str) and (not lines or not all(isinstance(line, str) for line in lines)):
+        raise RecipeError(
+            f"the recipe must be text (one step a line, e.g. 'clip amount=0.5'), a list of such lines or a"
+            f" Recipe, not {_kind(text)}"
+        )
     steps = tuple(
         parse_step(line, number) for number, line in enumerate(lines, start=1) if _tokens(line, number)
     )
     if not steps:
         raise RecipeError("the recipe is empty; write one step a line, e.g. 'clip amount=0.5'")
     return Recipe(steps)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, list | tuple):
+        inside = sorted({type(v).__name__ for v in value if not isinstance(v, str)})
+        return (
+            f"a {type(value).__name__} of {', '.join(inside)}"
+            if inside
+            else f"an empty {type(value).__name__}"
+        )
+    return type(value).__name__
 
 
 def parse_step(line: str, number: int = 1) -> Step:
@@ -213,7 +236,7 @@ def parse_step(line: str, number: int = 1) -> Step:
     schema = SCHEMAS.get(kind)
     if schema is None:
         raise RecipeError(
-            f"line {number}: unknown step {kind!r}{did_you_mean(kind, SCHEMAS)} (steps: {', '.join(SCHEMAS)})"
+            f"line {number}: unknown step {shorten(kind)!r}{did_you_mean(kind, SCHEMAS)} (steps: {', '.join(SCHEMAS)})"
         )
     options: dict[str, Value] = {}
     for word in words:
@@ -223,17 +246,17 @@ def parse_step(line: str, number: int = 1) -> Step:
         elif not sep and schema.words:
             raise RecipeError(
                 f"line {number}: {kind} takes {' or '.join(schema.words)} or key=value options,"
-                f" not {word!r}{did_you_mean(word, schema.words)}"
+                f" not {shorten(word)!r}{did_you_mean(word, schema.words)}"
             )
         elif not sep or not key:
             raise RecipeError(
-                f"line {number}: expected key=value, got {word!r}"
+                f"line {number}: expected key=value, got {shorten(word)!r}"
                 f" (e.g. {kind} {next(iter(schema.options))}=...)"
             )
         option = schema.options.get(key)
         if option is None:
             raise RecipeError(
-                f"line {number}: {kind} has no option {key!r}{did_you_mean(key, schema.options)}"
+                f"line {number}: {kind} has no option {shorten(key)!r}{did_you_mean(key, schema.options)}"
                 f" (options: {', '.join(schema.options)})"
             )
         if key in options:
@@ -265,30 +288,38 @@ def _tokens(line: str, number: int) -> list[str]:
     try:
         return shlex.split(line, comments=True)
     except ValueError as exc:  # unbalanced quotes
-        raise RecipeError(f"line {number}: {exc} in {line.strip()!r}") from None
+        raise RecipeError(f"line {number}: {exc} in {shorten(line.strip())!r}") from None
 
 
-def _value(option: Option, key: str, raw: str, number: int) -> Value:
+def _value(option: Option, key: str, text: str, number: int) -> Value:
+    raw = shorten(text)  # (as the messages echo it)
     if option.kind == "choice":
-        if raw not in option.choices:
+        if text not in option.choices:
             raise RecipeError(
-                f"line {number}: {key}={raw} is not valid{did_you_mean(raw, option.choices)}"
+                f"line {number}: {key}={raw} is not valid{did_you_mean(text, option.choices)}"
                 f" (choose {' or '.join(option.choices)})"
             )
         return raw
     if option.kind == "patterns":
-        patterns = tuple(p.strip() for p in raw.split(","))
-        if not raw or any(not p for p in patterns):
+        patterns = tuple(p.strip() for p in text.split(","))
+        if not text or any(not p for p in patterns):
             raise RecipeError(f"line {number}: {key}= needs comma-separated names, e.g. {key}=fc1,fc2")
         return patterns
     if option.kind == "count":
-        if not raw.isdigit() or not option.low <= int(raw) <= (option.high or int(raw)):
+        # ASCII digits only: str.isdigit() takes '²', which int() refuses
+        if not (text.isascii() and text.isdigit()) or not option.low <= int(text) <= (
+            option.high or int(text)
+        ):
             bounds = f">= {option.low}" if option.high is None else f"from {option.low} to {option.high}"
             raise RecipeError(f"line {number}: {key}={raw} must be a whole number {bounds} ({option.help})")
-        return int(raw)
-    percent = raw.endswith("%") and option.kind == "fraction"
+        return int(text)
+    percent = text.endswith("%") and option.kind == "fraction"
     try:
-        value = float(raw[:-1]) / 100 if percent else float(raw)
+        if (
+            not text.isascii()
+        ):  # float() reads Arabic-Indic digits, int() not superscripts: numbers are ASCII, as counts are
+            raise ValueError(text)
+        value = float(text[:-1]) / 100 if percent else float(text)
     except ValueError:
         raise RecipeError(f"line {number}: {key}={raw} is not a number ({option.help})") from None
     too_small = value <= 0 if option.kind == "positive" else value < 0

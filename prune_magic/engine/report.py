@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from .errors import PruneError, shorten
 from .evaluate import eval_mode
 
 #: How :attr:`Report.sparse_bytes` counts: the smallest lossless store of a sparse tensor.
@@ -208,7 +210,7 @@ def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, 
             handles.append(module.register_forward_pre_hook(partial(_enter, counter.inside, name)))
             handles.append(module.register_forward_hook(partial(_leave, counter.inside)))
     try:
-        with eval_mode(model), torch.no_grad(), counter:
+        with eval_mode(model), torch.no_grad(), _rejected(model, example_input), counter:
             model(*args)
     finally:
         for handle in handles:
@@ -242,6 +244,56 @@ class _MacCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
             for name in self.inside:
                 self.per_module[name] = self.per_module.get(name, 0) + flops
         return out
+
+
+def fits(model: nn.Module, example_input: object) -> None:
+    """Run ``example_input`` through ``model`` once (no grad, eval mode); refuse an input that
+    does not fit, naming the first layer that rejects it."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    with eval_mode(model), torch.no_grad(), _rejected(model, example_input):
+        model(*args)
+
+
+@contextmanager
+def _rejected(model: nn.Module, example_input: object) -> Iterator[None]:
+    """Turn an error of the forward pass inside the block into a PruneError naming the
+    innermost module that was running (hooks removed afterwards)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    running: list[nn.Module] = []
+
+    def enter(module: nn.Module, args: object) -> None:
+        running.append(module)
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        if running and running[-1] is module:
+            running.pop()
+
+    modules = list(model.modules())
+    handles = [m.register_forward_pre_hook(enter) for m in modules]
+    handles += [m.register_forward_hook(leave) for m in modules]
+    try:
+        yield
+    except PruneError:
+        raise
+    except Exception as exc:
+        inner = running[-1] if running else model
+        name = names.get(id(inner)) or "the model's own forward"
+        raise PruneError(
+            f"the example input ({_shapes(example_input)}) does not fit the model: {name}"
+            f" ({type(inner).__name__}) rejects it with {type(exc).__name__}: {shorten(str(exc), 200)};"
+            " give one batch of what the model takes, e.g. x[:1]"
+        ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _shapes(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)}"
+    if isinstance(value, tuple | list):
+        return ", ".join(_shapes(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+    return type(value).__name__
 
 
 @dataclass(frozen=True)

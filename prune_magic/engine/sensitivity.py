@@ -49,9 +49,11 @@ from torch import nn
 
 from .errors import PruneError
 from .evaluate import eval_mode
-from .history import sync_versions
+from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
+from .history import sync_versions, taint
 from .prune import apply_step, as_metric, metric_name
 from .recipe import Step, parse_step
+from .report import fits
 from .selection import Target, select
 from .snapshot import Record, deferred_interrupt, restore_all, signature
 
@@ -223,6 +225,7 @@ def sensitivity(
     Ctrl-C or an error in ``evaluate`` stops the sweep: the model is put back exactly
     and the partial result is returned with ``stopped`` saying why.
     """
+    check_model(model, "pm.sensitivity")
     if step not in ("clip", "structured"):
         raise PruneError(f"step={step!r}: the sweep prunes with 'clip' or 'structured'")
     levels = tuple(sorted(float(v) for v in levels))
@@ -234,12 +237,35 @@ def sensitivity(
     steps = {(n, v): parse_step(f"{step} amount={v!r} layers={n}") for n in names for v in levels}
 
     def measure(m: nn.Module) -> float:
+        before = versions(m)
         with eval_mode(m):  # an eval that forgets m.eval() must not move BatchNorm statistics
             value = as_metric(evaluate(m))
+        check_untouched(m, before, who(evaluate))
         if not isinstance(value, float):
             raise PruneError("the sweep needs an eval function that returns one number")
         return value
 
+    if example_input is not None:
+        fits(model, example_input)
+    with exclusive(model, "pm.sensitivity"):
+        return _sensitivity(model, evaluate, levels, step, names, steps, measure, example_input, data,
+                            stop_below, executor, progress)  # fmt: skip
+
+
+def _sensitivity(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], object],
+    levels: tuple[float, ...],
+    step: str,
+    names: list[str],
+    steps: dict[tuple[str, float], Step],
+    measure: Callable[[nn.Module], float],
+    example_input: object,
+    data: object,
+    stop_below: float | None,
+    executor: Executor | None,
+    progress: Progress | None,
+) -> Sensitivity:
     started = time.perf_counter()
     # clip leaves everything before the layer as it is: the baseline records what to replay
     recording = _Recording(model, names) if step == "clip" and executor is None else None
@@ -250,6 +276,7 @@ def sensitivity(
     result.sizes = {n: model.get_parameter(f"{n}.weight").numel() for n in names}
     result.metric_name, result.evaluations = metric_name(evaluate), 1
     limit = stop_below if stop_below is not None else result.baseline / 2
+    changed: tuple[str, ...] = ()
     try:
         if executor is None:
             _sweep_in_place(
@@ -259,11 +286,15 @@ def sensitivity(
             _sweep_with(executor, model, steps, example_input, data, measure, result, progress)
     except KeyboardInterrupt:
         result.stopped = "interrupted (Ctrl-C); the model is as it was"
+    except WeightsChanged as exc:
+        changed = exc.names
+        result.stopped = f"{exc}; the sweep put back its own clips, and what your code changed stays"
     except Exception as exc:
         result.stopped = f"{type(exc).__name__}: {exc}; the model is as it was"
     finally:
         sync_versions(model)
         result.seconds = time.perf_counter() - started
+    taint(model, changed)  # undo and reset must not pass over what the eval function changed
     return result
 
 

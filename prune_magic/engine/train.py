@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .clip import apply_clip
 from .errors import PruneError
-from .evaluate import _device, _pair, _to_model, is_pair, pair, train_mode
+from .evaluate import _device, _pair, _to_model, check_targets, is_pair, pair, train_mode
 from .masks import Masks
 from .recipe import Step
 from .selection import Target, select
@@ -189,6 +189,8 @@ def _epochs(
                         inputs, targets = _to_model(inputs, model), targets.to(device)
                         optimizer.zero_grad(set_to_none=True)
                         output = model(inputs)
+                        if training.loss is None:
+                            check_targets(output, targets, "the default loss (cross-entropy)", strict=False)
                         loss = loss_fn(output, targets)
                         if teacher is not None:
                             with torch.no_grad():

@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import PruneError
 from .evaluate import _batches, _to_model, eval_mode
-from .magnitude import int_view
+from .magnitude import flat_view, int_view
 from .recipe import Step
 from .selection import Target
 from .snapshot import TensorRecord
@@ -100,7 +100,8 @@ def apply_wanda(
     for target in targets:
         param = target.param
         mask = wanda_mask(param, norms[layers[target.name]], amount)
-        changed = (mask & (param != 0)).view(-1)
+        # in the weight's memory order, as the record's positions are (channels_last, transposed)
+        changed = flat_view(torch.empty_like(param, dtype=torch.bool).copy_(mask & (param != 0)))
         if records is not None and bool(changed.any()):
             padded = torch.zeros(-(-changed.numel() // 8) * 8, dtype=torch.bool, device=param.device)
             padded[: changed.numel()] = changed
