@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,40 +174,43 @@ def groups(
     skip = {id(m) for m in ignored}
     seen: set[int] = set()
     groups, kept, errors = [], [], []
-    for module in list(graph.module2node):
-        pruner = graph.get_pruner_of_module(module) if isinstance(module, DEFAULT_TYPES) else None
-        if (
-            pruner is None
-            or id(module) in skip
-            or id(module) in seen
-            or pruner.get_out_channels(module) is None
-        ):
-            continue
-        width = pruner.get_out_channels(module)
-        try:
-            with _time_limit(GROUP_SECONDS):
-                group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        except _Overtime:
-            raise PruneError(
-                f"structured pruning gave up: the search for the layers coupled to {names[module]} did not end"
-                f" within {GROUP_SECONDS:g} s (Torch-Pruning's index mapping loops through a reshape in this"
-                " model); select the layers to prune with layers= (e.g. the hidden layer of each MLP)"
-            ) from None
-        except Exception as exc:  # Torch-Pruning cannot map indices along the way
-            seen.add(id(module))
-            errors.append(exc)
-            kept.append(
-                Kept(names[module], width, f"Torch-Pruning cannot map their channels: {type(exc).__name__}")
-            )
-            continue
-        outputs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
-        seen.update(id(m) for m in outputs)
-        if any(id(m) in skip for m in outputs) or any(dep.target.module in attention for dep, _ in group):
-            continue
-        if any(dep.target.module in graph.shuffles for dep, _ in group):
-            kept.append(Kept(names[module], width, "channel shuffle"))
-            continue
-        groups.append(group)
+    with _Watchdog() as watchdog:
+        for module in list(graph.module2node):
+            pruner = graph.get_pruner_of_module(module) if isinstance(module, DEFAULT_TYPES) else None
+            if (
+                pruner is None
+                or id(module) in skip
+                or id(module) in seen
+                or pruner.get_out_channels(module) is None
+            ):
+                continue
+            width = pruner.get_out_channels(module)
+            try:
+                with watchdog.limit(GROUP_SECONDS):
+                    group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+            except _Overtime:
+                raise PruneError(
+                    f"structured pruning gave up: the search for the layers coupled to {names[module]} did not end"
+                    f" within {GROUP_SECONDS:g} s (Torch-Pruning's index mapping loops through a reshape in this"
+                    " model); select the layers to prune with layers= (e.g. the hidden layer of each MLP)"
+                ) from None
+            except Exception as exc:  # Torch-Pruning cannot map indices along the way
+                seen.add(id(module))
+                errors.append(exc)
+                kept.append(
+                    Kept(
+                        names[module], width, f"Torch-Pruning cannot map their channels: {type(exc).__name__}"
+                    )
+                )
+                continue
+            outputs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+            seen.update(id(m) for m in outputs)
+            if any(id(m) in skip for m in outputs) or any(dep.target.module in attention for dep, _ in group):
+                continue
+            if any(dep.target.module in graph.shuffles for dep, _ in group):
+                kept.append(Kept(names[module], width, "channel shuffle"))
+                continue
+            groups.append(group)
     return groups, kept, errors
 
 
@@ -242,31 +246,48 @@ class _Overtime(BaseException):
     code it interrupts swallows it)."""
 
 
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`_Overtime` in this thread if the block runs longer than ``seconds``.
+class _Watchdog:
+    """Raises :class:`_Overtime` into the thread that made it when a block runs past its limit.
 
-    A timer thread sets the exception on this thread (``PyThreadState_SetAsyncExc``), which
-    Python raises at its next bytecode: unlike SIGALRM, this works off the main thread (the
-    dashboard's worker) and leaves the user's signal handlers alone. Only for code that
-    changes nothing, so stopping it anywhere is safe.
+    One watcher thread per search (not a timer per group: a model has hundreds of groups) sets
+    the exception on the searching thread with ``PyThreadState_SetAsyncExc``, which Python
+    raises at its next bytecode: unlike SIGALRM, this works off the main thread (the
+    dashboard's worker) and leaves the user's signal handlers alone. Only for code that changes
+    nothing, so stopping it anywhere is safe.
     """
-    thread = threading.get_ident()
-    lock, state = threading.Lock(), {"done": False}
 
-    def expire() -> None:
-        with lock:
-            if not state["done"]:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(thread), ctypes.py_object(_Overtime)
-                )
+    def __init__(self) -> None:
+        self._target = threading.get_ident()
+        self._lock = threading.Lock()
+        self._deadline: float | None = None
+        self._stopped = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="prune_magic-watchdog", daemon=True)
 
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        with lock:
-            state["done"] = True
-        timer.cancel()
+    def __enter__(self) -> _Watchdog:
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._deadline = None
+        self._stopped.set()
+
+    @contextmanager
+    def limit(self, seconds: float) -> Iterator[None]:
+        """Raise :class:`_Overtime` if the block takes longer than ``seconds``."""
+        with self._lock:
+            self._deadline = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            with self._lock:  # disarmed under the lock: no exception can be set after this
+                self._deadline = None
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.05):
+            with self._lock:
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    self._deadline = None
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(self._target), ctypes.py_object(_Overtime)
+                    )

@@ -24,15 +24,18 @@ def spin(seconds: float) -> int:
 
 def test_a_block_that_runs_too_long_is_stopped() -> None:
     started = time.perf_counter()
-    with pytest.raises(dependencies._Overtime), dependencies._time_limit(0.2):
+    with pytest.raises(dependencies._Overtime), dependencies._Watchdog() as watchdog, watchdog.limit(0.2):
         spin(5)
     assert time.perf_counter() - started < 2
 
 
 def test_a_block_within_its_time_runs_to_the_end_and_nothing_fires_later() -> None:
-    with dependencies._time_limit(0.3):
-        spin(0.05)
-    spin(0.5)  # the timer was cancelled: no exception arrives after the block
+    with dependencies._Watchdog() as watchdog:
+        for _ in range(3):  # one watcher, armed again for each block
+            with watchdog.limit(0.3):
+                spin(0.05)
+        spin(0.5)  # disarmed: no exception arrives between blocks
+    spin(0.5)  # nor after the watchdog stopped
 
 
 def test_the_limit_works_off_the_main_thread_too() -> None:
@@ -40,7 +43,7 @@ def test_the_limit_works_off_the_main_thread_too() -> None:
 
     def work() -> None:
         try:
-            with dependencies._time_limit(0.2):
+            with dependencies._Watchdog() as watchdog, watchdog.limit(0.2):
                 spin(5)
         except BaseException as exc:
             caught.append(exc)
