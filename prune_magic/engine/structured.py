@@ -150,6 +150,16 @@ def _plan(
         if isinstance(m, DEFAULT_TYPES) and (n not in roots or m in protected)
     ]
     found, kept, errors = groups(graph, ignored, attention, names)
+    if found:  # a group Torch-Pruning mapped wrong shows when scored (indices past a layer's end)
+        scored = _scores(tp, str(step.options.get("importance", "l2")), found, model, data)
+        for g, score in zip(found, scored, strict=True):
+            if isinstance(score, Exception):
+                errors.append(score)
+                root = g[0].dep.target.module
+                why = f"Torch-Pruning cannot map their channels: {type(score).__name__}"
+                kept.append(Kept(names[root], len(g[0].idxs), why))
+        found = [g for g, score in zip(found, scored, strict=True) if not isinstance(score, Exception)]
+        scores = [score for score in scored if not isinstance(score, Exception)]
     order = {name: i for i, name in enumerate(names.values())}
     kept.sort(key=lambda r: order[r.layer])
     if not found and errors:  # no group could be mapped: say why
@@ -159,7 +169,6 @@ def _plan(
             "nothing to prune structurally: the selected layers are the model's output layer,"
             " attention, or coupled to them; select hidden layers with layers="
         )
-    scores = _scores(tp, str(step.options.get("importance", "l2")), found, model, data)
     # a grouped convolution keeps equal groups: one score per position within a group, averaged
     # over the groups, and the same positions go from every group (as Torch-Pruning's MetaPruner)
     split = [channel_groups(graph, g) for g in found]
@@ -208,7 +217,10 @@ def _torch_pruning() -> Any:
     return torch_pruning
 
 
-def _scores(tp: Any, name: str, groups: list[Any], model: nn.Module, data: object) -> list[torch.Tensor]:
+def _scores(
+    tp: Any, name: str, groups: list[Any], model: nn.Module, data: object
+) -> list[torch.Tensor | Exception]:
+    """Each group's channel importances, or the error Torch-Pruning raised scoring it."""
     imp = tp.importance
     importance: Callable[[Any], torch.Tensor | None] = {
         "l1": lambda: imp.GroupMagnitudeImportance(p=1),
@@ -223,7 +235,7 @@ def _scores(tp: Any, name: str, groups: list[Any], model: nn.Module, data: objec
         if name == "taylor":
             _loss_gradients(model, data)
         with torch.no_grad():
-            scores = [importance(g) for g in groups]
+            scores = [_score(importance, g) for g in groups]
     finally:
         for p, grad in saved.items():
             p.grad = grad
@@ -233,7 +245,14 @@ def _scores(tp: Any, name: str, groups: list[Any], model: nn.Module, data: objec
             + (" (it needs a BatchNorm after each pruned layer)" if name == "bn" else "")
             + "; use importance=l2"
         )
-    return [s.detach().float().cpu() for s in scores if s is not None]
+    return [s.detach().float().cpu() if isinstance(s, torch.Tensor) else s for s in scores if s is not None]
+
+
+def _score(importance: Callable[[Any], torch.Tensor | None], group: Any) -> torch.Tensor | Exception | None:
+    try:
+        return importance(group)
+    except (IndexError, RuntimeError) as exc:  # the group's indices run past a layer's channels
+        return exc
 
 
 def _loss_gradients(model: nn.Module, data: object) -> None:
