@@ -329,19 +329,19 @@ def histogram(tensor: torch.Tensor, bins: int = 50, exact_up_to: int = 1 << 20) 
     return Histogram(zeros, tuple(int(c) for c in counts), tuple(float(e) for e in edges), low, sampled)
 
 
-def latency(model: nn.Module, example_input: object, budget: float = 0.05) -> float:
+def latency(model: nn.Module, example_input: object, budget: float = 0.1) -> float:
     """Median seconds of one forward pass of ``example_input`` (no grad).
 
-    After one warm-up pass it times passes for about ``budget`` seconds (at least one, at most
-    200): enough for a stable median on a model that runs in milliseconds, while a model that
-    takes seconds a pass is not run more than twice.
+    After one warm-up pass it times passes for about ``budget`` seconds, at least 3 and at most
+    200: a stable median for a model that runs in milliseconds, without running one that takes
+    seconds a pass more than four times.
     """
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     times: list[float] = []
     with eval_mode(model), torch.no_grad():
         model(*args)  # warm up
         started = time.perf_counter()
-        while not times or (time.perf_counter() - started < budget and len(times) < 200):
+        while len(times) < 3 or (time.perf_counter() - started < budget and len(times) < 200):
             t = time.perf_counter()
             model(*args)
             times.append(time.perf_counter() - t)
