@@ -141,6 +141,7 @@ def _plan(
     """Trace the model, find the groups of the selected layers and the channels each loses."""
     names = {m: n for n, m in model.named_modules()}
     roots = {t.name.rpartition(".")[0] for t in targets if t.name.endswith(".weight")}
+    _refuse_reparametrized(targets)
     graph, shapes = trace(tp, model, args)
     attention = attention_modules(model)
     protected = output_layers(graph) | attention
@@ -188,6 +189,27 @@ def _plan(
                 (names[g[0].dep.target.module], g[0].dep.handler, tuple(sorted(idxs.tolist())), len(s) * n)
             )
     return _Plan(graph, shapes, removals, kept)
+
+
+def _refuse_reparametrized(targets: Sequence[Target]) -> None:
+    """Layers whose weight is computed from other tensors (torch.nn.utils.prune's mask, a
+    parametrization) cannot lose channels: the computation would still make the old shape."""
+    masked = [t.name.removesuffix(".weight_orig") for t in targets if t.name.endswith(".weight_orig")]
+    parametrized = [
+        t.name.partition(".parametrizations.")[0] for t in targets if ".parametrizations." in t.name
+    ]
+    if masked:
+        raise PruneError(
+            f"structured pruning cannot remove channels of {', '.join(masked[:3])}: its weight is"
+            " torch.nn.utils.prune's weight_orig * weight_mask; make it plain first with"
+            " torch.nn.utils.prune.remove(layer, 'weight'), or exclude= it"
+        )
+    if parametrized:
+        raise PruneError(
+            f"structured pruning cannot remove channels of {', '.join(sorted(set(parametrized))[:3])}: its"
+            " weight is computed by a parametrization (weight_norm, spectral_norm, ...); make it plain first"
+            " with torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight'), or exclude= it"
+        )
 
 
 def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:

@@ -259,3 +259,20 @@ def test_undo_checks_every_tensor_is_back_before_saying_it_succeeded() -> None:
     entry.records[:] = entry.records[1:]  # an undo record that misses a layer
     with pytest.raises(pm.HistoryError, match=r"the undo record missed \d+ tensors.*features\.0\.weight"):
         pm.undo(model)
+
+
+@pytest.mark.parametrize("wrap", ["torch_prune", "weight_norm"])
+def test_a_reparametrized_layer_is_refused_by_name_with_the_fix(wrap: str) -> None:
+    model, x = build("mlp")
+    if wrap == "torch_prune":
+        torch.nn.utils.prune.l1_unstructured(model.fc1, "weight", 0.3)
+        fix = r"torch\.nn\.utils\.prune\.remove\(layer, 'weight'\)"
+    else:
+        torch.nn.utils.parametrizations.weight_norm(model.fc1)
+        fix = r"remove_parametrizations\(layer, 'weight'\)"
+    before = state(model)
+    with pytest.raises(pm.PruneError, match=rf"cannot remove channels of fc1: .*{fix}, or exclude= it$"):
+        pm.prune(model, "structured amount=0.5", example_input=x)
+    assert same_bits(model, before)
+    pm.prune(model, "structured amount=0.5 exclude=fc1", example_input=x)  # the way out it names
+    assert model.fc2.out_features == 64
