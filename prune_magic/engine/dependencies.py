@@ -7,7 +7,9 @@ Torch-Pruning (DepGraph) does the tracing and the coupling; around it, this modu
   up on, and channel shuffles (a view that splits the channels into groups, to transpose
   them), which it would map as a flatten and divide by zero on;
 - finds the layers to leave whole: the model's output layers, attention (heads and width
-  are kept), groups that pass a channel shuffle, groups it cannot map;
+  are kept: ``nn.MultiheadAttention`` and the hand-written attention of timm, torchvision
+  and Hugging Face, a module that counts its heads and reshapes its projections by head, so
+  the MLPs between them shrink), groups that pass a channel shuffle, groups it cannot map;
 - bounds the search: a group whose search does not end within :data:`GROUP_SECONDS` stops
   the step with a one-line refusal instead of a hang.
 """

@@ -7,19 +7,11 @@ branch of a residual addition, the channels of a concatenation, the columns of a
 flattened Linear. Torch-Pruning's dependency graph (DepGraph) finds those couplings;
 this module chooses what to remove, records how to put it back, and checks the result.
 
-Two things are added around Torch-Pruning:
-
-- concatenations whose sizes its shape inference cannot work out (e.g. a DenseNet-style
-  ``cat`` feeding both a conv and a ``flatten`` -> Linear) get their sizes from a real
-  forward pass, so indices are mapped through them instead of being coupled one to one;
-- attention keeps its heads and its width: ``nn.MultiheadAttention`` and the hand-written
-  attention of timm, torchvision and Hugging Face (a module with ``num_heads`` or the like,
-  whose ``qkv`` output is reshaped by head) are left whole, and the MLPs between them shrink;
-- grouped convolutions lose the same positions from every group, as Torch-Pruning's own
-  ``MetaPruner`` does.
-
-The graph is traced once: Torch-Pruning keeps the index mappings of concatenations and
-splits up to date as the groups are pruned one after another.
+What depends on what, and which layers stay whole (outputs, attention, channel shuffles,
+groups Torch-Pruning cannot map), is :mod:`.dependencies`' job. Here: the channels each
+group loses (a grouped convolution loses the same positions from every group, as
+Torch-Pruning's own ``MetaPruner`` does), the undo record (every module that holds tensors,
+by reference, kept where the surgery replaced something) and the forward check after.
 
 A channel ``amount`` of 0.5 removes about 75% of a conv stack's parameters: each layer
 loses half its outputs and the next half its inputs.
