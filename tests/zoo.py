@@ -264,8 +264,9 @@ class Outcome:
 
     status: str
     why: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # the call as a user makes it (with the MAC and latency report)
     params: tuple[int, int] = (0, 0)
+    bare: float = 0.0  # the same recipe again with report=False: the step alone
 
 
 def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
@@ -316,13 +317,15 @@ def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
     pm.undo(model)
     if bad := same(model, start, identity=True):
         return Outcome("failed", f"undo left {len(bad)} tensors changed, e.g. {bad[0]}", seconds)
+    started = time.perf_counter()
     pm.prune(model, recipe, example_input=x, report=False)  # the same recipe again: the same model
+    bare = time.perf_counter() - started
     if bad := same(model, pruned):
         return Outcome("failed", f"pruning again gave another model ({bad[0]} differs)", seconds)
     pm.reset(model)
     if bad := same(model, start, identity=True):
         return Outcome("failed", f"reset left {len(bad)} tensors changed, e.g. {bad[0]}", seconds)
-    return Outcome("ok", seconds=seconds, params=(params, after))
+    return Outcome("ok", seconds=seconds, params=(params, after), bare=bare)
 
 
 def _refusal(model: nn.Module, start: dict[str, tuple[Any, ...]], exc: Exception) -> Outcome:
