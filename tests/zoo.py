@@ -9,6 +9,7 @@ a model whose library is missing is skipped by the test.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import sys
 import time
@@ -201,9 +202,10 @@ def tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def snapshot(model: nn.Module) -> dict[str, tuple[Any, ...]]:
-    """Every tensor's identity, shape, dtype and bits: what undo must give back."""
+    """Every tensor's identity, shape, dtype, requires_grad and a digest of its bits: what undo
+    must give back (a digest, not a copy: a copy of ViT-H/14 alone is 2.5 GB)."""
     return {
-        name: (id(t), tuple(t.shape), t.dtype, t.requires_grad, t.detach().cpu().clone())
+        name: (id(t), tuple(t.shape), t.dtype, t.requires_grad, _digest(t))
         for name, t in tensors(model).items()
     }
 
@@ -214,13 +216,15 @@ def same(model: nn.Module, snap: dict[str, tuple[Any, ...]], identity: bool = Fa
     bad = sorted(now.keys() ^ snap.keys())
     for name in now.keys() & snap.keys():
         a, b = now[name], snap[name]
-        if a[1:4] != b[1:4] or not torch.equal(_bits(a[4]), _bits(b[4])) or (identity and a[0] != b[0]):
+        if a[1:] != b[1:] or (identity and a[0] != b[0]):
             bad.append(name)
     return bad
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(-1).view(torch.uint8)
+def _digest(t: torch.Tensor) -> str:
+    """BLAKE2 of the tensor's bytes, read in place where they are contiguous on the CPU."""
+    data = t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def outputs(out: object) -> list[torch.Tensor]:

@@ -70,3 +70,24 @@ def test_macs_agree_with_torchs_flop_counter(name: str) -> None:
     total, per_module = pm.count_macs(model, x)
     assert total == counter.get_total_flops() // 2 > 0
     assert per_module == expected
+
+
+@pytest.mark.parametrize(("seconds", "least"), [(0.0, 4), (0.15, 2)])
+def test_latency_times_at_least_three_passes_unless_one_pass_is_slow(seconds: float, least: int) -> None:
+    import time
+
+    from prune_magic.engine.report import latency
+
+    calls: list[int] = []
+
+    class Slow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            time.sleep(seconds)
+            return x
+
+    measured = latency(Slow(), torch.zeros(1), budget=0.1)
+    assert len(calls) >= least  # the warm-up and the timed passes
+    assert measured >= seconds
+    if seconds:
+        assert len(calls) == 2  # a pass over the budget is timed once after the warm-up
