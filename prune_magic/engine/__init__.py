@@ -8,9 +8,10 @@ from __future__ import annotations
 from .errors import HistoryError, PruneError, RecipeError, SelectionError
 from .history import Entry, History, changed_outside, forget, history, reset, undo
 from .masks import Masks, keep_masks
-from .prune import EvaluationError, PruneResult, StepResult, prune
+from .prune import EvaluationError, prune
 from .recipe import Recipe, Step, parse_recipe
 from .report import SPARSE_FORMAT, Report, Row, count_macs, report
+from .result import PruneResult, StepResult
 from .saving import load, save
 from .selection import Target, select
 from .sensitivity import Sensitivity, sensitivity

@@ -11,14 +11,11 @@
 
 from __future__ import annotations
 
-import html
 import math
-import numbers
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,11 +26,19 @@ from .errors import PruneError
 from .evaluate import check_reusable, eval_mode
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import Entry, begin, commit, history, redo, rewind, sync_versions, taint, undo
-from .quantize import Quantized, apply_quantize
+from .quantize import apply_quantize
 from .recipe import Recipe, Step, parse_recipe
 from .reparam import check_directions, refresh, sync_masks, zero_masked
-from .report import Report, fits, latency
+from .report import fits, latency
 from .report import report as _measure
+from .result import (
+    Evaluate,
+    Metric,
+    PruneResult,
+    StepResult,
+    as_metric,
+    metric_name,
+)
 from .selection import Target, notes, select
 from .snapshot import Record, deferred_interrupt, restore_all, signature
 from .structured import Removal, apply_structured
@@ -52,98 +57,11 @@ from .train import (
 )
 from .wanda import apply_wanda
 
-Metric = float | dict[str, float]
-Evaluate = Callable[[nn.Module], object]
-
 __all__ = ["EvaluationError", "PruneResult", "StepResult", "prune", "undo"]
 
 
 class EvaluationError(PruneError):
     """The ``evaluate`` function raised, or returned something that is not a metric."""
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one recipe line did."""
-
-    step: Step
-    targets: tuple[str, ...]
-    sparsity: float
-    seconds: float
-    changed: int | None  # values changed; None when no undo record was kept
-    removals: tuple[Removal, ...] = ()  # structured steps: the channels removed per layer
-    curve: tuple[Point, ...] = ()  # training steps: metric and sparsity after each epoch / gradual step
-    quantized: Quantized | None = None  # quantize steps: how, and the size before/after
-
-
-@dataclass(frozen=True, repr=False)
-class PruneResult:
-    """The outcome of :func:`prune`: per-step results, reports and metrics before/after."""
-
-    recipe: Recipe
-    steps: tuple[StepResult, ...]
-    before: Report | None
-    after: Report | None
-    metric_before: Metric | None
-    metric_after: Metric | None
-    dry_run: bool
-    seconds: float
-    note: str = ""
-    replaced: int = 0  # earlier steps with the same tag that this call undid first
-    metric_name: str = "metric"  # what a single-number metric is called (the eval function's name)
-    latency_before: float | None = None  # seconds per forward of the example input (structured steps)
-    latency_after: float | None = None
-    notes: tuple[str, ...] = ()  # about the selection: layers skipped and why, tied weights
-
-    def lines(self) -> list[str]:
-        """The summary, one fact a line."""
-        out = []
-        if self.dry_run:
-            out.append("dry run: the model was not changed")
-        if self.replaced:
-            out.append(f"re-run: first undid the {self.replaced} step(s) this cell applied last time")
-        out.extend(_step_line(s) for s in self.steps)
-        if self.before is not None and self.after is not None:
-            b, a = self.before, self.after
-            out.append(
-                f"nonzero {b.nonzero:,} -> {a.nonzero:,} of {a.params:,} params "
-                f"(sparsity {b.sparsity:.1%} -> {a.sparsity:.1%})"
-            )
-        if any(s.removals for s in self.steps) and self.before is not None and self.after is not None:
-            out.extend(_structured_lines(self))
-        if self.metric_before is not None and self.metric_after is not None:
-            out.extend(
-                f"{k} {b:.4g} -> {a:.4g} ({a - b:+.4g})"
-                for k, b, a in metric_changes(self.metric_before, self.metric_after, self.metric_name)
-            )
-        if self.after is not None:
-            dead = [r.name for r in self.after.rows if r.sparsity == 1 and r.name.endswith("weight")]
-            if dead:
-                out.append(
-                    f"warning: {', '.join(dead)} now entirely zero (the layer passes on only its bias);"
-                    " exclude it or use scope=layer"
-                )
-        out.extend(f"note: {n}" for n in self.notes)
-        if self.note:
-            out.append(f"note: {self.note}")
-        return out
-
-    def __repr__(self) -> str:
-        return f"<PruneResult: {'; '.join(self.lines())}>"
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(str(self))
-
-    def __str__(self) -> str:
-        text = "\n".join(self.lines())
-        if self.after is not None:
-            text += "\n\n" + str(self.after)
-        return text
-
-    def _repr_html_(self) -> str:
-        items = "".join(f"<li>{html.escape(line)}</li>" for line in self.lines())
-        table = self.after._repr_html_() if self.after is not None else ""
-        return f"<ul>{items}</ul>{table}"
 
 
 def prune(
@@ -519,89 +437,3 @@ def _evaluate(evaluate: Evaluate | None, model: nn.Module) -> Metric | None:
             "return a number (e.g. accuracy) or a dict of numbers"
         )
     return metric
-
-
-def as_metric(value: object) -> Metric | None:
-    """A float or a {name: float} dict from what an eval function returned, else None."""
-    if isinstance(value, Mapping):
-        metrics = {str(k): as_metric(v) for k, v in value.items()}
-        if not metrics or any(not isinstance(v, float) for v in metrics.values()):
-            return None
-        return metrics  # type: ignore[return-value]
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
-        return float(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[tuple[str, float, float]]:
-    """(name, before, after) for each metric measured both times."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [(k, before[k], after[k]) for k in before if k in after]
-    if isinstance(before, float) and isinstance(after, float):
-        return [(name, before, after)]
-    return []
-
-
-def metric_name(evaluate: Evaluate | None) -> str:
-    name = getattr(evaluate, "__name__", "")
-    return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"
-
-
-def _step_line(s: StepResult) -> str:
-    took = f"({s.seconds * 1e3:.0f} ms)" if s.seconds < 10 else f"({s.seconds:.1f} s)"
-    if s.quantized is not None:
-        return f"{s.step}: {s.quantized.line()} {took}"
-    if s.curve:
-        return f"{s.step}: {describe_curve(s)}; now {s.sparsity:.1%} sparse {took}"
-    if not s.removals:
-        return f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse {took}"
-    cut = [r for r in s.removals if not r.why_kept]
-    widths = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in cut[:6])
-    more = f" and {len(cut) - 6} more" if len(cut) > 6 else ""
-    removed = sum(len(r.removed) for r in cut) / max(sum(r.width for r in cut), 1)
-    line = f"{s.step}: removed {removed:.0%} of the channels of {len(cut)} layers ({widths}{more}) {took}"
-    whole = [r for r in s.removals if r.why_kept]
-    for why in sorted({r.why_kept for r in whole}):
-        layers = [r.layer for r in whole if r.why_kept == why]
-        line += f"; kept whole ({why}): {', '.join(layers[:4])}{f' and {len(layers) - 4} more' if len(layers) > 4 else ''}"
-    return line
-
-
-def describe_curve(s: StepResult) -> str:
-    """``2 epochs; metric 0.80 before training, then 0.87, 0.90; last training loss 1.2``."""
-    start = [p for p in s.curve if p.label == "before training"]
-    trained = [p for p in s.curve if p.label != "before training"]
-    unit = "step" if s.step.kind == "clip" else "epoch"
-    text = f"{len(trained)} {unit}{'s' if len(trained) != 1 else ''}"
-    if trained and all(isinstance(p.metric, float) for p in trained):
-        first = (
-            f" {start[0].metric:.4g} before training, then"
-            if start and isinstance(start[0].metric, float)
-            else ""
-        )
-        each = ", ".join(f"{p.metric:.4g}" for p in trained)
-        text += f"; metric{first} {each} after each"
-    last = s.curve[-1]
-    if last.loss is not None:
-        text += f"; last training loss {last.loss:.4g}"
-    return text
-
-
-def _structured_lines(r: PruneResult) -> list[str]:
-    assert r.before is not None and r.after is not None
-    b, a = r.before, r.after
-    lines = [
-        f"params {b.params:,} -> {a.params:,} ({a.params / b.params - 1:+.1%}): removing a layer's output"
-        " channels also removes the next layer's inputs, so half the channels is about three quarters"
-        " of the parameters of a stack of layers"
-    ]
-    if b.macs is not None and a.macs is not None:
-        lines.append(f"MACs {b.macs:,} -> {a.macs:,} ({a.macs / b.macs - 1:+.1%})")
-    if r.latency_before is not None and r.latency_after is not None:
-        lines.append(
-            f"latency {r.latency_before * 1e3:.2f} ms -> {r.latency_after * 1e3:.2f} ms per forward"
-            f" of the example input ({r.latency_before / r.latency_after:.2f}x faster, CPU, measured)"
-        )
-    return lines

@@ -51,9 +51,10 @@ from .errors import PruneError
 from .evaluate import eval_mode
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import sync_versions, taint
-from .prune import apply_step, as_metric, metric_name
+from .prune import apply_step
 from .recipe import Step, parse_step
 from .report import fits
+from .result import as_metric, metric_name
 from .selection import Target, select
 from .snapshot import Record, deferred_interrupt, restore_all, signature
 
