@@ -8,7 +8,6 @@ a model whose library is missing is skipped by the test.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import sys
@@ -381,7 +380,3 @@ def final_layers(model: nn.Module, shapes: list[torch.Size]) -> list[nn.Module]:
         if (isinstance(m, nn.Linear) and m.out_features in widths)
         or (isinstance(m, nn.Conv2d) and m.out_channels in widths)
     ]
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)

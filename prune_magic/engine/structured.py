@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .dependencies import Kept, attention_modules, channel_groups, groups, output_layers, outputs_of, trace
-from .errors import PruneError
+from .errors import PruneError, shorten
 from .evaluate import eval_mode, first_batch
 from .recipe import Step
 from .selection import DEFAULT_TYPES, Target
@@ -112,9 +112,8 @@ def _remove(plan: _Plan, model: nn.Module) -> None:
         try:
             plan.graph.get_pruning_group(model.get_submodule(root), handler, list(idxs)).prune()
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PruneError(
-                f"Torch-Pruning failed to remove channels of {root} ({type(exc).__name__}: {first[:160]});"
+                f"Torch-Pruning failed to remove channels of {root} ({type(exc).__name__}: {_first_line(exc)});"
                 f" exclude={root} or select other layers with layers="
             ) from exc
 
@@ -213,8 +212,7 @@ def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:
         and any(True for _ in m.parameters(recurse=False))
         and tp.ops.module2type(m) == tp.ops.OPTYPE.ELEMENTWISE
     ]
-    first = (str(exc).strip().splitlines() or [""])[0][:150]
-    said = f"Torch-Pruning raised {type(exc).__name__}" + (f": {first}" if first else "")
+    said = f"Torch-Pruning raised {type(exc).__name__}: {_first_line(exc)}"
     more = f" and {len(strange) - 3} more" if len(strange) > 3 else ""
     where = f" (it has no rule for {', '.join(strange[:3])}{more})" if strange else ""
     return (
@@ -325,7 +323,7 @@ def check_forward(model: nn.Module, example_input: object, expected: list[tuple[
             out = model(*_inputs(example_input))
     except Exception as exc:
         where = entered[-1] if entered else model
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         raise PruneError(
             f"after removing channels the model fails in {names.get(where) or 'the model'} ({type(where).__name__}):"
             f" {first}; this layer cannot follow pruned channels: exclude= the layers that feed it"
@@ -339,3 +337,9 @@ def check_forward(model: nn.Module, example_input: object, expected: list[tuple[
             f"removing channels changed the model's output from {expected} to {shapes};"
             " exclude= the output layer"
         )
+
+
+def _first_line(exc: BaseException, limit: int = 150) -> str:
+    """The first line of an exception's message (or its type), shortened for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return shorten(lines[0], limit) if lines else type(exc).__name__
