@@ -178,7 +178,7 @@ class PruneMagics(Magics):
         recipe = self._expand(cell)
         stopped = "the cell stopped before pruning, and what it changed stays"
         check_untouched(model, before, "expanding the recipe's {expr}", stopped)
-        engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
+        parsed = engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
         evaluate, data = self._evaluate(args)
         example = self._expression(args.example_input, "--example-input") if args.example_input else None
         train = self._expression(args.train, "--train") if args.train else None
@@ -201,8 +201,9 @@ class PruneMagics(Magics):
         progress = _TrainingProgress()
         try:
             result = engine.prune(
-                model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag,
+                model, parsed, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag,
                 data=data, train=train, loss=loss, progress=None if args.quiet else progress,
+                latency=parsed.removes_channels,
             )  # fmt: skip
         finally:
             progress.close()

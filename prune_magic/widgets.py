@@ -486,6 +486,7 @@ class Rerun:
             train=self.train,
             loss=self.loss,
             progress=self.progress,
+            latency=engine.parse_recipe(recipe).removes_channels,
         )
 
     def dry_run(self, recipe: str) -> PruneResult:
