@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/clip.py [--sizes 1M,25M,100M] [--threads 1] [--repeat 3]
+    .venv/bin/python benchmarks/clip.py [--sizes 1M,12.6M,100M] [--threads 1] [--repeat 3]
 
 For each model size (Linear layers plus a few Conv2d, built here, no downloads) it prints
 one table with, per method: the best wall time of ``--repeat`` runs, that time as a
@@ -577,7 +577,7 @@ def warm_up() -> None:
 
 def main() -> None:
     parser = arguments(__doc__, repeat=3)
-    parser.add_argument("--sizes", default="1M,25M,100M", help="comma-separated sizes (K/M/G suffixes)")
+    parser.add_argument("--sizes", default="1M,12.6M,100M", help="comma-separated sizes (K/M/G suffixes)")
     parser.add_argument(
         "--slow",
         type=float,

@@ -147,39 +147,53 @@ def _record_numpy(
     ties: int,
     where: torch.Tensor | None,
 ) -> int:
-    """Zero a CPU tensor chunk by chunk, recording each chunk's changes first."""
+    """Zero a CPU tensor chunk by chunk, recording each chunk's changes first.
+
+    The old values of the whole tensor go to one array, reserved for every element and cut
+    to the values written at the end: only the pages written are ever backed by memory (the
+    large array's in huge pages), and no chunk allocates or copies its values twice.
+    """
     keys = np.empty(size, bits.dtype)
     changed = np.empty(size, np.bool_)
+    values = np.empty(bits.size, bits.dtype)
     tied = None if where is None else where.numpy()
-    tied_none = np.empty(0, np.int64)
-    for start in range(0, bits.size, size):
+    bounds = None if tied is None else np.searchsorted(tied, np.arange(0, bits.size + size, size))
+    parts = []
+    done = 0
+    for c_index, start in enumerate(range(0, bits.size, size)):
         chunk = bits[start : start + size]
         n = chunk.size
         k, c = keys[:n], changed[:n]
         np.bitwise_and(chunk, mask, out=k)
         np.less(k, key, out=c)
-        if tied is not None:
-            hits = tied[np.searchsorted(tied, start) : np.searchsorted(tied, start + n)] - start
-        else:
-            hits = np.flatnonzero(k == key)[:ties] if ties else tied_none
+        if bounds is not None and tied is not None:
+            hits = tied[bounds[c_index] : bounds[c_index + 1]] - start
+        elif ties:
+            hits = np.flatnonzero(k == key)[:ties]
             ties -= hits.size
-        if hits.size:
+        else:
+            hits = None
+        if hits is not None and hits.size:
             c[hits] = True
         count = int(np.count_nonzero(c))
         if not count:
             continue
-        values = np.compress(c, chunk)
-        if np.count_nonzero(values) < count:  # weights that are +0.0 already: not changes
+        # ("wrap": no bounds check, so take writes straight into ``values``; "raise" buffers)
+        out = np.take(chunk, np.flatnonzero(c), out=values[done : done + count], mode="wrap")
+        if np.count_nonzero(out) < count:  # weights that are +0.0 already: not changes
             np.logical_and(c, chunk != 0, out=c)
-            values = np.compress(c, chunk)
-        if values.size:
-            record.add_packed(
-                start, n, torch.from_numpy(np.packbits(c, bitorder="little")), torch.from_numpy(values)
-            )
+            count = int(np.count_nonzero(c))
+            np.take(chunk, np.flatnonzero(c), out=values[done : done + count], mode="wrap")
+        if count:
+            parts.append((start, n, np.packbits(c, bitorder="little"), done, done + count))
+            done += count
         part = flat[start : start + n]
         torch.hardshrink(part, lambd, out=part)
-        if hits.size:
+        if hits is not None and hits.size:
             chunk[hits] = 0
+    values.resize(done, refcheck=False)  # realloc: in place, no copy (the parts are views after it)
+    for start, n, packed, first, end in parts:
+        record.add_packed(start, n, torch.from_numpy(packed), torch.from_numpy(values[first:end]))
     return ties
 
 

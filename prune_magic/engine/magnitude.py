@@ -70,11 +70,12 @@ def threshold_key(threshold: float, dtype: torch.dtype) -> int:
 
 
 def chunk_size(total: int) -> int:
-    """Elements per chunk for a pass over ``total`` weights: at most CHUNK and total/16.
+    """Elements per chunk for a pass over ``total`` weights: at most CHUNK and total/32
+    (the scratch of a pass stays well under a byte per weight).
 
     A multiple of 64, so every chunk but a tensor's last packs into whole bytes.
     """
-    return max(1024, min(CHUNK, total // 16) // 64 * 64)
+    return max(1024, min(CHUNK, total // 32) // 64 * 64)
 
 
 def chunks(flat: torch.Tensor, size: int = CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
@@ -166,9 +167,9 @@ Found = tuple[int, list[torch.Tensor], list[torch.Tensor]]
 def _gather(views: list[torch.Tensor], lo: int, hi: int, cap: int, size: int) -> Found | None:
     """One pass: how many keys are below ``lo``, and the keys in ``lo..hi`` with positions.
 
-    Returns ``(below, keys, positions)`` with one keys/positions tensor per view (CPU int
-    keys and int64 positions for numpy views; on the device otherwise), or None when more
-    than ``cap`` keys fall in the bracket.
+    Returns ``(below, keys, positions)`` with one keys/positions tensor per view (for numpy
+    views: CPU int keys, and int32 positions in a tensor under 2^31 elements, else int64;
+    on the device otherwise), or None when more than ``cap`` keys fall in the bracket.
     """
     below = 0
     keys: list[torch.Tensor] = []
@@ -197,6 +198,7 @@ def _gather_numpy(
     key = np.empty(size, bits.dtype)
     small = np.empty(size, np.bool_)
     inside = np.empty(size, np.bool_)
+    kind = np.int32 if bits.size < 1 << 31 else np.int64  # positions: 4 bytes where they do
     below = 0
     keys, positions = [], []
     for start in range(0, bits.size, size):
@@ -218,9 +220,9 @@ def _gather_numpy(
             return None
         if where.size:
             keys.append(k[where])
-            positions.append(where + start)
+            positions.append((where + start).astype(kind))
     if not keys:
-        return below, torch.empty(0, dtype=_torch_of(bits)), torch.empty(0, dtype=torch.int64)
+        return below, torch.empty(0, dtype=_torch_of(bits)), torch.from_numpy(np.empty(0, kind))
     return below, torch.from_numpy(np.concatenate(keys)), torch.from_numpy(np.concatenate(positions))
 
 
@@ -267,7 +269,7 @@ def _pick(k: int, below: int, keys: list[torch.Tensor], positions: list[torch.Te
     left = rank - smaller  # ties at the cut that go too: the first ones
     ties = []
     for part, where in zip(keys, positions):
-        hit = where[part == key][:left] if left else where[:0]
+        hit = (where[part == key][:left] if left else where[:0]).long()
         left -= hit.numel()
         ties.append(hit)
     return Cut(key, below + smaller, equal, tuple(ties))
