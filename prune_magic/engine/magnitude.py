@@ -11,7 +11,7 @@ positions; the k-th is picked among those. Should the bracket miss the k-th (wei
 arranged against the sample) or hold too many keys (heavy ties), an exact radix select by
 histograms (:func:`_radix_select`) answers instead. Every pass reads the weights chunk by
 chunk into preallocated buffers, so nothing concatenates the model or allocates a
-whole-model temporary; a chunk is at most 1/16 of the weights.
+whole-model temporary; a chunk is at most 1/32 of the weights.
 
 On the CPU the pass runs in numpy chunk kernels (numpy's comparisons and counts are 3-5x
 faster than torch's at one thread); on other devices in torch ops, on the device. The
