@@ -9,8 +9,6 @@ per weight (:func:`pack_bits`, :func:`unpack_bits`), and the old values at those
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -22,7 +20,6 @@ _INT_OF = {
     torch.float32: torch.int32,
     torch.float64: torch.int64,
 }
-_NUMPY_INT_OF = {torch.float16: np.int16, torch.float32: np.int32, torch.float64: np.int64}
 
 
 def int_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,14 +65,6 @@ def int_view(tensor: torch.Tensor) -> torch.Tensor:
     [1065353216, -2147483648]
     """
     return flat_view(tensor).view(int_dtype(tensor.dtype))
-
-
-def int_array(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
-    """:func:`int_view` of a CPU tensor as a numpy array (no copy)."""
-    kind = _NUMPY_INT_OF.get(tensor.dtype)
-    if kind is None or not tensor.is_contiguous():  # bfloat16 has no numpy dtype
-        return int_view(tensor).numpy()
-    return tensor.detach().numpy().reshape(-1).view(kind)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
