@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from tests.engine.architectures import MLP
 
 torch.set_num_threads(1)
-__all__ = ["MLP", "same_bits", "state", "use_kernels"]
+__all__ = ["MLP", "same_bits", "state"]
 
 
 class SmallCNN(nn.Module):
@@ -42,28 +41,6 @@ def mlp() -> MLP:
 def cnn() -> SmallCNN:
     torch.manual_seed(0)
     return SmallCNN()
-
-
-def use_kernels(monkeypatch: pytest.MonkeyPatch, numba: bool) -> list[int]:
-    """Clip with the compiled record kernels (numba) or the numpy ones; returns the list that
-    counts the compiled kernels' calls. Without numba a numba run is skipped, or, where the
-    setup promises it (PRUNE_MAGIC_FAST=required, as in CI), fails."""
-    from prune_magic.engine import _kernels
-
-    if numba and not _kernels.installed():
-        if os.environ.get("PRUNE_MAGIC_FAST") == "required":
-            pytest.fail("numba is not installed, and PRUNE_MAGIC_FAST=required")
-        pytest.skip("numba is not installed (pip install -e '.[fast]')")
-    monkeypatch.setattr(_kernels, "use_numba", numba)
-    calls: list[int] = []
-    compact = _kernels.Kernels.compact
-
-    def spy(self: _kernels.Kernels, *args: object) -> tuple[int, object]:
-        calls.append(1)
-        return compact(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_kernels.Kernels, "compact", spy)
-    return calls
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:

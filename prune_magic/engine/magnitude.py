@@ -11,12 +11,11 @@ positions; the k-th is picked among those. Should the bracket miss the k-th (wei
 arranged against the sample) or hold too many keys (heavy ties), an exact radix select by
 histograms (:func:`_radix_select`) answers instead. Every pass reads the weights chunk by
 chunk into preallocated buffers, so nothing concatenates the model or allocates a
-whole-model temporary; a chunk is at most 1/16 of the weights.
+whole-model temporary; a chunk is at most 1/32 of the weights.
 
-On the CPU the pass runs in a compiled kernel when numba is installed (``_kernels``; it
-can mark a clip's undo record as it goes), else in numpy chunk kernels (numpy's
-comparisons and counts are 3-5x faster than torch's at one thread); on other devices in
-torch ops, on the device.
+On the CPU the pass runs in numpy chunk kernels (numpy's comparisons and counts are 3-5x
+faster than torch's at one thread); on other devices in torch ops, on the device. The
+integer views and the undo records' packed masks are in :mod:`.bits`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _kernels
+from .bits import int_dtype, int_view
 from .errors import PruneError
 
 #: Most elements a chunked pass handles at once (256 KiB of float32: the chunk and its
@@ -40,62 +39,8 @@ SMALL = 1 << 16
 #: Standard deviations of the sample rank either side of the k-th: the bracket's margin.
 SIGMAS = 5.0
 
-_INT_OF = {
-    torch.float16: torch.int16,
-    torch.bfloat16: torch.int16,
-    torch.float32: torch.int32,
-    torch.float64: torch.int64,
-}
-
 #: Force the torch kernels on the CPU too (tests of the device path); None: numpy on the CPU.
 use_numpy: bool | None = None
-
-
-def is_dense(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` covers one block of memory exactly, in some order of its dims:
-    contiguous, ``channels_last``, a transposed weight. A slice such as ``w[:, ::2]`` is not."""
-    expected = 1
-    for stride, size in sorted((s, n) for s, n in zip(tensor.stride(), tensor.shape) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def flat_view(tensor: torch.Tensor) -> torch.Tensor:
-    """A 1-D view of a dense tensor's elements in memory order (no copy).
-
-    Clipping and its undo records work element by element on this view, so a
-    ``channels_last`` Conv weight or a transposed view keeps its layout; a position in a
-    record is a position in memory.
-    """
-    if tensor.is_contiguous():
-        return tensor.detach().view(-1)
-    if not is_dense(tensor):
-        raise PruneError(
-            f"a tensor of shape {tuple(tensor.shape)} and strides {tensor.stride()} does not cover its"
-            " memory densely (a slice?); make it contiguous first"
-        )
-    return tensor.detach().as_strided((tensor.numel(),), (1,), tensor.storage_offset())
-
-
-def int_view(tensor: torch.Tensor) -> torch.Tensor:
-    """The flat bit pattern of a float tensor (in memory order), as an integer view (no copy)."""
-    kind = _INT_OF.get(tensor.dtype)
-    if kind is None:
-        raise PruneError(f"weights of dtype {tensor.dtype} are not supported")
-    return flat_view(tensor).view(kind)
-
-
-_NUMPY_INT_OF = {torch.float16: np.int16, torch.float32: np.int32, torch.float64: np.int64}
-
-
-def int_array(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
-    """:func:`int_view` of a CPU tensor as a numpy array (no copy)."""
-    kind = _NUMPY_INT_OF.get(tensor.dtype)
-    if kind is None or not tensor.is_contiguous():  # bfloat16 has no numpy dtype
-        return int_view(tensor).numpy()
-    return tensor.detach().numpy().reshape(-1).view(kind)
 
 
 def key_bits(dtype: torch.dtype) -> int:
@@ -109,13 +54,13 @@ def _abs_mask(dtype: torch.dtype) -> int:
 
 def key_of(value: float, dtype: torch.dtype) -> int:
     """The key of ``|value|`` rounded to ``dtype``."""
-    bits = torch.tensor([abs(value)], dtype=torch.float64).to(dtype).view(_INT_OF[dtype])
+    bits = torch.tensor([abs(value)], dtype=torch.float64).to(dtype).view(int_dtype(dtype))
     return int(bits.item()) & _abs_mask(dtype)
 
 
 def value_of(key: int, dtype: torch.dtype) -> float:
     """The non-negative float whose key is ``key``."""
-    return float(torch.tensor([key], dtype=_INT_OF[dtype]).view(dtype).item())
+    return float(torch.tensor([key], dtype=int_dtype(dtype)).view(dtype).item())
 
 
 def threshold_key(threshold: float, dtype: torch.dtype) -> int:
@@ -125,11 +70,12 @@ def threshold_key(threshold: float, dtype: torch.dtype) -> int:
 
 
 def chunk_size(total: int) -> int:
-    """Elements per chunk for a pass over ``total`` weights: at most CHUNK and total/16.
+    """Elements per chunk for a pass over ``total`` weights: at most CHUNK and total/32
+    (the scratch of a pass stays well under a byte per weight).
 
     A multiple of 64, so every chunk but a tensor's last packs into whole bytes.
     """
-    return max(1024, min(CHUNK, total // 16) // 64 * 64)
+    return max(1024, min(CHUNK, total // 32) // 64 * 64)
 
 
 def chunks(flat: torch.Tensor, size: int = CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
@@ -152,25 +98,12 @@ class Cut:
     tensor's device) of the first ``k - below`` elements equal to ``key`` in selection
     order, then flat order: those go with the cut. None when the select did not keep
     positions (the radix fallback); then the first ``k - below`` in that order are meant.
-    ``marked``: per tensor, the bits :func:`select_cut` set in the ``marks`` it was given
-    (one per element the cut zeroes that is not +0.0 already); None when it set none.
     """
 
     key: int
     below: int
     equal: int
     ties: tuple[torch.Tensor, ...] | None = None
-    marked: tuple[int, ...] | None = None
-
-
-def kth_key(tensors: Sequence[torch.Tensor], k: int) -> tuple[int, int, int]:
-    """Select the k-th smallest magnitude (1-based) over several tensors, exactly.
-
-    Returns ``(key, below, equal)``: the key of the k-th smallest |w|, how many
-    elements have a smaller key and how many share it, whatever the ties.
-    """
-    cut = select_cut(tensors, k)
-    return cut.key, cut.below, cut.equal
 
 
 def select_cut(
@@ -178,21 +111,10 @@ def select_cut(
     k: int,
     *,
     sample: bool = True,
-    marks: Sequence[np.ndarray[Any, Any]] | None = None,
-    weights: int | None = None,
 ) -> Cut:
     """The k-th smallest magnitude (1-based) over ``tensors``, exactly (see :class:`Cut`).
 
     ``sample=False`` skips the sampled bracket and runs the exact radix select.
-
-    The compiled CPU kernels (numba, :mod:`._kernels`) run the select when a step over
-    ``weights`` weights (default: these tensors') is worth them (see
-    :func:`._kernels.kernels`), or when ``marks`` are given: one uint8 array per tensor of
-    ``ceil(numel / 8)`` bytes, from a caller that holds the kernels. Then the select's pass
-    also sets bit i of a tensor's array for each element i the cut zeroes that is not +0.0
-    already (packed as :func:`pack_bits` packs), and ``Cut.marked`` counts them: the mask
-    of a clip's undo record comes with the select, no second pass. Else (``Cut.marked``
-    None) the arrays hold nothing meaningful.
     """
     dtype = tensors[0].dtype
     if any(t.dtype != dtype for t in tensors):
@@ -209,17 +131,9 @@ def select_cut(
         most = _abs_mask(dtype)
         lo, hi = (0, most) if total <= SMALL else _bracket(views, k, total, most)
         cap = max(SMALL, total // 32)  # candidates kept: 8-16 bytes each, <= 0.5 B/w
-        # given marks, the caller chose the compiled kernels already, whatever the size
-        size = None if marks is not None else weights or total
-        compiled = _kernels.kernels(size) if all(map(on_numpy, views)) else None
-        if compiled is not None:
-            cut = _select_compiled(compiled, [int_array(t) for t in tensors], k, lo, hi, most, cap, marks)
-            if cut is not None:
-                return cut
-        else:
-            gathered = _gather(views, lo, hi, cap, chunk_size(total))
-            if gathered is not None and gathered[0] < k <= gathered[0] + sum(len(c) for c in gathered[1]):
-                return _pick(k, *gathered)
+        gathered = _gather(views, lo, hi, cap, chunk_size(total))
+        if gathered is not None and gathered[0] < k <= gathered[0] + sum(len(c) for c in gathered[1]):
+            return _pick(k, *gathered)
     key, below, equal = _radix_select(views, k, chunk_size(total))
     return Cut(key, below, equal)
 
@@ -247,70 +161,15 @@ def _bracket(views: list[torch.Tensor], k: int, total: int, most: int) -> tuple[
     return lo, hi
 
 
-#: Elements per block of the compiled select's flags (see ``_kernels._gather``).
-_FLAGS = 4096
-
-
-def _select_compiled(
-    compiled: _kernels.Kernels,
-    arrays: list[np.ndarray[Any, Any]],
-    k: int,
-    lo: int,
-    hi: int,
-    most: int,
-    cap: int,
-    marks: Sequence[np.ndarray[Any, Any]] | None,
-) -> Cut | None:
-    """The bracket's pass and the pick with the compiled kernels (one shared candidate
-    buffer, in selection order, then flat order); None when the bracket missed or held
-    more than ``cap`` keys. ``most``: the key mask (every bit but the sign)."""
-    patterns = np.empty(cap + 1, arrays[0].dtype)  # one slot of slack: see _kernels._gather
-    # positions within one tensor: 4 bytes do unless a tensor is that large
-    positions = np.empty(cap + 1, np.int64 if max(a.size for a in arrays) >= 1 << 31 else np.int32)
-    no_marks = np.empty(0, np.uint8)
-    scratch = np.empty(2 * _FLAGS, np.uint8)
-    below, used = 0, 0
-    starts, marked = [], []
-    for i, bits in enumerate(arrays):
-        starts.append(used)
-        under, set_bits, used = compiled.gather(
-            bits, lo, hi, most, patterns, positions, used, no_marks if marks is None else marks[i], scratch
-        )
-        if used > cap:
-            return None
-        below += under
-        marked.append(set_bits)
-    starts.append(used)
-    if not below < k <= below + used:
-        return None
-    found = patterns[:used] & most  # their keys
-    rank = k - below  # 1-based, among the candidates
-    key = int(np.partition(found, rank - 1)[rank - 1])
-    going = found < key
-    smaller = int(np.count_nonzero(going))
-    same = np.flatnonzero(found == key)
-    tied = same[: rank - smaller]  # the first ties in selection order go too
-    going[tied] = True
-    ties = []
-    for i in range(len(arrays)):
-        start, end = starts[i], starts[i + 1]
-        inside = tied[(tied >= start) & (tied < end)] if tied.size else tied
-        ties.append(torch.from_numpy(positions[inside].astype(np.int64)))
-        if marks is not None and end > start:
-            segment = slice(start, end)
-            marked[i] += compiled.mark_at(marks[i], positions[segment], patterns[segment], going[segment])
-    return Cut(key, below + smaller, same.size, tuple(ties), tuple(marked) if marks is not None else None)
-
-
 Found = tuple[int, list[torch.Tensor], list[torch.Tensor]]
 
 
 def _gather(views: list[torch.Tensor], lo: int, hi: int, cap: int, size: int) -> Found | None:
     """One pass: how many keys are below ``lo``, and the keys in ``lo..hi`` with positions.
 
-    Returns ``(below, keys, positions)`` with one keys/positions tensor per view (CPU int
-    keys and int64 positions for numpy views; on the device otherwise), or None when more
-    than ``cap`` keys fall in the bracket.
+    Returns ``(below, keys, positions)`` with one keys/positions tensor per view (for numpy
+    views: CPU int keys, and int32 positions in a tensor under 2^31 elements, else int64;
+    on the device otherwise), or None when more than ``cap`` keys fall in the bracket.
     """
     below = 0
     keys: list[torch.Tensor] = []
@@ -339,6 +198,7 @@ def _gather_numpy(
     key = np.empty(size, bits.dtype)
     small = np.empty(size, np.bool_)
     inside = np.empty(size, np.bool_)
+    kind = np.int32 if bits.size < 1 << 31 else np.int64  # positions: 4 bytes where they do
     below = 0
     keys, positions = [], []
     for start in range(0, bits.size, size):
@@ -360,9 +220,9 @@ def _gather_numpy(
             return None
         if where.size:
             keys.append(k[where])
-            positions.append(where + start)
+            positions.append((where + start).astype(kind))
     if not keys:
-        return below, torch.empty(0, dtype=_torch_of(bits)), torch.empty(0, dtype=torch.int64)
+        return below, torch.empty(0, dtype=_torch_of(bits)), torch.from_numpy(np.empty(0, kind))
     return below, torch.from_numpy(np.concatenate(keys)), torch.from_numpy(np.concatenate(positions))
 
 
@@ -409,7 +269,7 @@ def _pick(k: int, below: int, keys: list[torch.Tensor], positions: list[torch.Te
     left = rank - smaller  # ties at the cut that go too: the first ones
     ties = []
     for part, where in zip(keys, positions):
-        hit = where[part == key][:left] if left else where[:0]
+        hit = (where[part == key][:left] if left else where[:0]).long()
         left -= hit.numel()
         ties.append(hit)
     return Cut(key, below + smaller, equal, tuple(ties))
@@ -452,27 +312,3 @@ def shrink_value(key: int, dtype: torch.dtype) -> float | None:
     ``None`` when nothing is below it (key 0).
     """
     return value_of(key - 1, dtype) if key > 0 else None
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Pack a bool tensor whose length is a multiple of 8 into uint8, bit i = element i."""
-    words = mask.view(torch.int64)
-    # multiplying by this constant gathers the low bit of each of the 8 bytes into the top byte
-    return ((words * 0x0102040810204080 >> 56) & 0xFF).to(torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, length: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`, cut to ``length`` elements."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) >> shifts) & 1).view(-1)[:length].bool()
-
-
-def compact(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``values[mask]`` on the CPU, as a new tensor.
-
-    ``torch.masked_select`` mispredicts a branch per element on a random mask (~30x a
-    read of the chunk, measured); numpy's ``compress`` does the same job 3-5x faster.
-    """
-    if values.device.type == "cpu":
-        return torch.from_numpy(np.compress(mask.numpy(), values.numpy()))
-    return values[mask].cpu()

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from .bits import flat_view, int_view
 from .errors import PruneError
-from .magnitude import flat_view, int_view
 from .selection import Target
 from .snapshot import Record, TensorRecord
 

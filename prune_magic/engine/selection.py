@@ -184,7 +184,7 @@ def _skipped_text(skipped: dict[str, tuple[str, str]]) -> str:
 
 
 def _dense(tensor: torch.Tensor) -> bool:
-    from .magnitude import is_dense  # (magnitude imports numpy: only where a view needs it)
+    from .bits import is_dense  # (bits imports numpy: only where a view needs it)
 
     return is_dense(tensor)
 

@@ -21,8 +21,8 @@ from types import FrameType
 import torch
 from torch import nn
 
+from .bits import compact, int_view, pack_bits, unpack_bits
 from .errors import HistoryError
-from .magnitude import compact, int_view, pack_bits, unpack_bits
 
 
 @dataclass
@@ -88,6 +88,10 @@ class TensorRecord:
                     self.parts[i] = (offset, length, packed, compact(chunk, mask))
                 chunk.masked_scatter_(mask, values.to(flat.device))
 
+    def restore_copy(self, model: nn.Module) -> None:
+        """Write the old values back into ``model``'s tensor; the record stays as it is."""
+        self.restore(tensors_by_name(model)[self.name])
+
 
 @dataclass
 class ModuleRecord:
@@ -142,12 +146,31 @@ class ModuleRecord:
         for key, tensor in self.tensors.items():
             if tensor is not None and key in self.devices:
                 tensor.data = tensor.data.to(self.devices[key])
-            (module._parameters if key in module._parameters else module._buffers)[key] = tensor  # type: ignore[assignment]
+            _put(module, key, tensor)
         for key, value in self.attrs.items():
             setattr(module, key, value)
         if current is not None:
             self.tensors, self.attrs, self.devices = current.tensors, current.attrs, {}
             self.park(module)
+
+    def restore_copy(self, model: nn.Module) -> None:
+        """Put copies of the kept tensors (on their devices) and the attributes back on the
+        submodule of ``model``: the record stays as it is, and shares nothing with ``model``."""
+        module = model.get_submodule(self.name)
+        for key, tensor in self.tensors.items():
+            copied: torch.Tensor | None = None
+            if tensor is not None:
+                copied = tensor.detach().to(self.devices.get(key, tensor.device), copy=True)
+                if isinstance(tensor, nn.Parameter):
+                    copied = nn.Parameter(copied, requires_grad=tensor.requires_grad)
+            _put(module, key, copied)
+        for key, value in self.attrs.items():
+            setattr(module, key, value)
+
+
+def _put(module: nn.Module, key: str, tensor: torch.Tensor | None) -> None:
+    """Set a parameter or buffer of ``module`` (a parameter where it holds one by that name)."""
+    (module._parameters if key in module._parameters else module._buffers)[key] = tensor  # type: ignore[assignment]
 
 
 @dataclass

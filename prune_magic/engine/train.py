@@ -22,7 +22,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +33,7 @@ from .evaluate import _device, _pair, _to_model, check_targets, is_pair, pair, t
 from .masks import Masks
 from .recipe import Step
 from .selection import Target, select
-from .snapshot import ModuleRecord, Record, TensorRecord, tensors_by_name
+from .snapshot import Record, TensorRecord, tensors_by_name
 
 Metric = float | dict[str, float]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -281,29 +280,6 @@ def rebuild(model: nn.Module, records: Sequence[Record]) -> nn.Module:
         raise PruneError(
             f"distill needs a copy of the model to rebuild the teacher, and copy.deepcopy failed: {exc}"
         ) from exc
-    tensors = tensors_by_name(earlier)
     for record in reversed(records):
-        if isinstance(record, TensorRecord):
-            if record.name not in tensors:  # a structured record put it back already
-                tensors = tensors_by_name(earlier)
-            record.restore(tensors[record.name])
-        elif isinstance(record, ModuleRecord):
-            _put_back(earlier.get_submodule(record.name), record)
-            tensors = tensors_by_name(earlier)
-        else:
-            record.restore_copy(earlier)
-            tensors = tensors_by_name(earlier)
+        record.restore_copy(earlier)
     return earlier.eval().requires_grad_(False)
-
-
-def _put_back(module: nn.Module, record: ModuleRecord) -> None:
-    for key, tensor in record.tensors.items():
-        device = record.devices.get(key, tensor.device if tensor is not None else None)
-        copied: Any = None
-        if tensor is not None:
-            copied = tensor.detach().to(device, copy=True)
-            if isinstance(tensor, nn.Parameter):
-                copied = nn.Parameter(copied, requires_grad=False)
-        (module._parameters if key in module._parameters else module._buffers)[key] = copied
-    for key, value in record.attrs.items():
-        setattr(module, key, value)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .bits import flat_view, int_view
 from .errors import PruneError
 from .evaluate import _batches, _to_model, eval_mode
-from .magnitude import flat_view, int_view
 from .recipe import Step
 from .selection import Target
 from .snapshot import TensorRecord

@@ -8,16 +8,8 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import prune_magic as pm
-from prune_magic.engine import _kernels
-from tests.conftest import MLP, use_kernels
-
-
-@pytest.fixture(autouse=True, params=["numba", "numpy"])
-def engine(request, monkeypatch) -> str:
-    """Every test here runs with the compiled record kernels (numba) and with the numpy ones;
-    the CPU default is numba when it is installed, unless PRUNE_MAGIC_NUMBA=0."""
-    use_kernels(monkeypatch, numba=request.param == "numba")
-    return str(request.param)
+from prune_magic.engine import magnitude
+from tests.conftest import MLP
 
 
 def weights(model: nn.Module) -> list[torch.Tensor]:
@@ -171,7 +163,7 @@ def test_a_layer_clipped_to_nothing_is_called_out() -> None:
     )
 
 
-def test_the_record_kernels_give_the_numpy_result_bit_for_bit(engine, monkeypatch) -> None:
+def test_the_numpy_and_torch_record_kernels_agree_bit_for_bit(monkeypatch) -> None:
     """Many chunks; ties at the cut, +0.0 (no change) and -0.0 (a change) in the weights."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(500, 300, bias=False), nn.Linear(300, 301, bias=False))
@@ -180,25 +172,15 @@ def test_the_record_kernels_give_the_numpy_result_bit_for_bit(engine, monkeypatc
         model[1].weight[:, :2] = 0.0
         model[1].weight[0, 2:9] = -0.0
     before = bits(model)
-    calls = use_kernels(monkeypatch, numba=engine == "numba")
     after = []
-    for use in (engine == "numba", False):
-        monkeypatch.setattr(_kernels, "use_numba", use)
+    for use_numpy in (True, False):  # the CPU's kernels, then the device's (torch ops)
+        monkeypatch.setattr(magnitude, "use_numpy", use_numpy)
         result = pm.prune(model, "clip amount=0.9 scope=global\nclip threshold=0.05")
         after.append((bits(model), [s.changed for s in result.steps]))
         pm.reset(model)
         assert bits(model) == before
     assert after[0] == after[1]
-    assert bool(calls) == (engine == "numba")
 
 
 def bits(model: nn.Module) -> list[list[int]]:
     return [w.detach().view(torch.int32).view(-1).tolist() for w in model.state_dict().values()]
-
-
-def test_prune_magic_numba_0_turns_the_kernels_off(monkeypatch) -> None:
-    monkeypatch.setattr(_kernels, "use_numba", None)
-    monkeypatch.setenv(_kernels.ENV, "0")
-    assert _kernels.kernels() is None
-    monkeypatch.setenv(_kernels.ENV, "1")
-    assert (_kernels.kernels() is not None) == _kernels.installed()

@@ -7,7 +7,7 @@ import torch
 
 import prune_magic as pm
 from prune_magic.engine import clip as clip_module
-from tests.conftest import same_bits, state, use_kernels
+from tests.conftest import same_bits, state
 
 
 def test_undo_goes_back_one_step_and_reset_to_the_start(mlp) -> None:
@@ -139,21 +139,22 @@ def test_a_step_interrupted_half_way_is_rolled_back(mlp, monkeypatch, exc) -> No
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
-def test_a_compiled_global_clip_interrupted_half_way_is_rolled_back(mlp, monkeypatch, exc) -> None:
-    """The compiled record path zeroes tensor by tensor too: a failure after two of them."""
-    calls = use_kernels(monkeypatch, numba=True)
+def test_a_global_clip_interrupted_half_way_is_rolled_back(mlp, monkeypatch, exc) -> None:
+    """A global clip zeroes tensor by tensor too, after one select: a failure after two of them."""
     before = state(mlp)
-    real = clip_module._store_compiled
+    real = clip_module._zero_below
+    calls = []
 
-    def flaky(*args):
-        if len(calls) == 2:  # two tensors already zeroed and recorded
+    def flaky(target, *args):
+        calls.append(target.name)
+        if len(calls) == 3:  # two tensors already zeroed and recorded
             raise exc
-        return real(*args)
+        return real(target, *args)
 
-    monkeypatch.setattr(clip_module, "_store_compiled", flaky)
+    monkeypatch.setattr(clip_module, "_zero_below", flaky)
     with pytest.raises(exc):
         pm.prune(mlp, "clip amount=0.9 scope=global")
-    assert len(calls) == 2 and same_bits(mlp, before)
+    assert len(calls) == 3 and same_bits(mlp, before)
     assert len(pm.history(mlp)) == 0
 
 

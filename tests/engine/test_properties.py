@@ -12,25 +12,22 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prune_magic as pm
-from prune_magic.engine import _kernels
-from prune_magic.engine.magnitude import pack_bits, unpack_bits
+from prune_magic.engine import magnitude
+from prune_magic.engine.bits import pack_bits, unpack_bits
 from tests.conftest import same_bits, state
 
-#: The record kernels: compiled (numba; skipped when it is not installed) and numpy.
-ENGINES = [
-    pytest.param(True, id="numba", marks=pytest.mark.skipif(not _kernels.installed(), reason="no numba")),
-    pytest.param(False, id="numpy"),
-]
+#: The record kernels: numpy (the CPU's) and torch ops (other devices', here on the CPU).
+ENGINES = [pytest.param(True, id="numpy"), pytest.param(False, id="torch")]
 
 
 @contextmanager
-def kernels(use_numba: bool) -> Iterator[None]:
+def kernels(use_numpy: bool) -> Iterator[None]:
     """Switch the record kernels (not a monkeypatch fixture: hypothesis reruns the body)."""
-    saved, _kernels.use_numba = _kernels.use_numba, use_numba
+    saved, magnitude.use_numpy = magnitude.use_numpy, use_numpy
     try:
         yield
     finally:
-        _kernels.use_numba = saved
+        magnitude.use_numpy = saved
 
 
 shapes = st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=4)
@@ -47,7 +44,7 @@ def build(dims: list[tuple[int, int]], seed: int, duplicates: bool) -> nn.Module
     return model
 
 
-@pytest.mark.parametrize("use_numba", ENGINES)
+@pytest.mark.parametrize("use_numpy", ENGINES)
 @settings(max_examples=60, deadline=None)
 @given(
     dims=shapes,
@@ -57,9 +54,9 @@ def build(dims: list[tuple[int, int]], seed: int, duplicates: bool) -> nn.Module
     duplicates=st.booleans(),
 )
 def test_amount_gives_the_exact_count_and_undo_is_bit_exact(
-    use_numba, dims, seed, amount, scope, duplicates
+    use_numpy, dims, seed, amount, scope, duplicates
 ) -> None:
-    with kernels(use_numba):
+    with kernels(use_numpy):
         check_amount(dims, seed, amount, scope, duplicates)
 
 
@@ -85,13 +82,13 @@ def check_amount(dims, seed, amount, scope, duplicates) -> None:
     assert same_bits(model, pruned)
 
 
-@pytest.mark.parametrize("use_numba", ENGINES)
+@pytest.mark.parametrize("use_numpy", ENGINES)
 @settings(max_examples=40, deadline=None)
 @given(dims=shapes, seed=st.integers(0, 10_000), threshold=st.floats(0, 2), duplicates=st.booleans())
-def test_threshold_zeroes_exactly_the_small_magnitudes(use_numba, dims, seed, threshold, duplicates) -> None:
+def test_threshold_zeroes_exactly_the_small_magnitudes(use_numpy, dims, seed, threshold, duplicates) -> None:
     model = build(dims, seed, duplicates)
     before = [m.weight.detach().clone() for m in model]
-    with kernels(use_numba):
+    with kernels(use_numpy):
         pm.prune(model, f"clip threshold={threshold!r}")
     for old, layer in zip(before, model):
         small = old.abs() < threshold

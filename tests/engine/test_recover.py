@@ -16,7 +16,7 @@ from torch import nn
 import prune_magic as pm
 from prune_magic.engine.errors import PruneError, RecipeError
 from prune_magic.engine.quantize import fake_quantize
-from prune_magic.engine.train import Progress, cubic_schedule
+from prune_magic.engine.train import Progress, cubic_schedule, rebuild
 from prune_magic.engine.wanda import input_norms, wanda_mask
 from tests.conftest import same_bits, state
 
@@ -442,6 +442,25 @@ def test_distill_after_structured_pruning_rebuilds_the_wide_teacher(cnn) -> None
         cnn, "structured amount=0.5 exclude=classifier\ndistill epochs=1", example_input=X[:1], train=(X, y)
     )
     assert cnn.features[0].out_channels == 4 and "distill epochs=1: 1 epoch;" in str(result)
+    pm.reset(cnn)
+    assert same_bits(cnn, before)
+
+
+def test_rebuild_plays_every_kind_of_record_back_on_a_copy(cnn) -> None:  # type: ignore[no-untyped-def]
+    """distill's teacher: clip (masks and old values), finetune (full copies) and structured
+    (the old tensors) records restore copies of themselves, so rebuilding twice gives the
+    same model, and neither the records nor the model change."""
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    before = state(cnn)
+    recipe = "clip amount=0.5\nfinetune epochs=1\nstructured amount=0.5 exclude=classifier"
+    pm.prune(cnn, recipe, example_input=X[:1], train=(X, y))
+    after = state(cnn)
+    records = [r for entry in pm.history(cnn).entries for r in entry.records]
+    for _ in range(2):
+        teacher = rebuild(cnn, records)
+        assert same_bits(teacher, before) and teacher.features[0].out_channels == 8
+    assert same_bits(cnn, after) and cnn.features[0].out_channels == 4
     pm.reset(cnn)
     assert same_bits(cnn, before)
 

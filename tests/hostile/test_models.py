@@ -11,14 +11,14 @@ from torch.nn.utils import parametrizations
 from torch.nn.utils import prune as torch_prune
 
 import prune_magic as pm
-from tests.conftest import use_kernels
+from prune_magic.engine import magnitude
 from tests.hostile.conftest import Snapshot, refused
 
 
-@pytest.fixture(params=["numpy", "numba"])
+@pytest.fixture(params=["numpy", "torch"])
 def kernels(request, monkeypatch):
-    """Clip with each of the engine's CPU kernels (the compiled ones even on small tensors)."""
-    use_kernels(monkeypatch, numba=request.param == "numba")
+    """Clip with the CPU's kernels (numpy) and with the device's (torch ops, here on the CPU)."""
+    monkeypatch.setattr(magnitude, "use_numpy", request.param == "numpy")
 
 
 def zeros(t: torch.Tensor) -> int:
