@@ -14,8 +14,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .engine import PruneResult, Report
+from .engine.evaluate import metric_changes
 from .engine.report import Histogram
-from .engine.result import metric_changes
 from .engine.sensitivity import Sensitivity
 
 KEPT, REMOVED = "#4c72b0", "#dd8452"

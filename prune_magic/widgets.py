@@ -18,8 +18,9 @@ from typing import Any
 
 from . import plots
 from .engine import PruneResult, Report
+from .engine.evaluate import metric_changes
 from .engine.report import SPARSE_FORMAT, format_bytes, format_count
-from .engine.result import describe_curve, metric_changes
+from .engine.result import describe_curve
 from .engine.sensitivity import Sensitivity
 
 

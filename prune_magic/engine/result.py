@@ -1,29 +1,19 @@
 """What a :func:`~prune_magic.engine.prune.prune` call did: per-step results, the reports and
 metrics before and after, and the summary lines that say it (rendered as text and HTML).
-
->>> metric_changes({"acc": 0.9, "loss": 0.3}, {"acc": 0.8})
-[('acc', 0.9, 0.8)]
 """
 
 from __future__ import annotations
 
 import html
-import numbers
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
+from .evaluate import Metric, metric_changes
 from .quantize import Quantized
 from .recipe import Recipe, Step
 from .report import Report
 from .structured import Removal
 from .train import Point
-
-Metric = float | dict[str, float]
-Evaluate = Callable[[nn.Module], object]
 
 
 @dataclass(frozen=True)
@@ -108,34 +98,6 @@ class PruneResult:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in self.lines())
         table = self.after._repr_html_() if self.after is not None else ""
         return f"<ul>{items}</ul>{table}"
-
-
-def as_metric(value: object) -> Metric | None:
-    """A float or a {name: float} dict from what an eval function returned, else None."""
-    if isinstance(value, Mapping):
-        metrics = {str(k): as_metric(v) for k, v in value.items()}
-        if not metrics or any(not isinstance(v, float) for v in metrics.values()):
-            return None
-        return metrics  # type: ignore[return-value]
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
-        return float(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[tuple[str, float, float]]:
-    """(name, before, after) for each metric measured both times."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [(k, before[k], after[k]) for k in before if k in after]
-    if isinstance(before, float) and isinstance(after, float):
-        return [(name, before, after)]
-    return []
-
-
-def metric_name(evaluate: Evaluate | None) -> str:
-    name = getattr(evaluate, "__name__", "")
-    return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"
 
 
 def _step_line(s: StepResult) -> str:

@@ -48,15 +48,14 @@ import torch
 from torch import nn
 
 from .errors import PruneError
-from .evaluate import eval_mode
+from .evaluate import as_metric, eval_mode, metric_name
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import sync_versions, taint
-from .prune import apply_step
 from .recipe import Step, parse_step
 from .report import fits
-from .result import as_metric, metric_name
 from .selection import Target, select
 from .snapshot import Record, deferred_interrupt, restore_all, signature
+from .steps import cut, select_targets
 
 Progress = Callable[["Sensitivity"], None]
 
@@ -313,7 +312,7 @@ def _sweep_in_place(
     plans: dict[str, _Plan],
 ) -> None:
     for name in names:
-        targets = select(model, steps[name, levels[0]].options.get("layers"))  # type: ignore[arg-type]
+        targets = select_targets(model, steps[name, levels[0]])
         # structured steps reshape the layer's input side too: only clip can replay a prefix
         with _Prefix(model, name, plans[name]) if plans.get(name) else _NoPrefix() as prefix:
             saved = _Saved(targets) if result.step == "clip" else None
@@ -323,7 +322,7 @@ def _sweep_in_place(
                 prefix.rewind()
                 try:
                     if saved is not None:  # clip changes only the layer's weights: put them back from a copy
-                        apply_step(model, steps[name, level], targets, None)
+                        cut(model, steps[name, level], targets, None)
                     else:
                         _apply(model, steps[name, level], records, example_input, data)
                     metric = measure(model)
@@ -352,7 +351,7 @@ class _Saved:
 
 
 def _apply(model: nn.Module, step: Step, records: list[Record], example_input: object, data: object) -> None:
-    apply_step(model, step, select(model, step.options.get("layers")), records, example_input, data)  # type: ignore[arg-type]
+    cut(model, step, select_targets(model, step), records, example_input, data)
 
 
 def _point(
