@@ -175,10 +175,10 @@ class PruneMagics(Magics):
         check_model(model)  # (before the dashboard reads its weights)
         # the namespace's code ({expr}, --data ...) runs before the engine: it must not change the model
         before = versions(model)
-        recipe = self._expand(cell)
+        text = self._expand(cell)
         stopped = "the cell stopped before pruning, and what it changed stays"
         check_untouched(model, before, "expanding the recipe's {expr}", stopped)
-        engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
+        recipe = engine.parse_recipe(text)  # recipe errors first: before the namespace is searched further
         evaluate, data = self._evaluate(args)
         example = self._expression(args.example_input, "--example-input") if args.example_input else None
         train = self._expression(args.train, "--train") if args.train else None

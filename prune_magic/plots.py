@@ -14,7 +14,6 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .engine import PruneResult, Report
-from .engine.evaluate import metric_changes
 from .engine.report import Histogram
 from .engine.sensitivity import Sensitivity
 
@@ -131,19 +130,21 @@ def training_chart(result: PruneResult) -> Figure:
     steps = [s for s in result.steps if s.curve]
     points = [p for s in steps for p in s.curve]
     metric = all(isinstance(p.metric, float) for p in points)
-    before = metric_changes(result.metric_before, result.metric_after, result.metric_name) if metric else []
-    labels = ["cell start"] if before else []
-    values = [before[0][1]] if before else []
+    measured = result.metrics() if metric else []
+    start = measured[0].before if measured else None
+    labels = ["cell start"] if start is not None else []
+    values = [start] if start is not None else []
     for p in points:
         labels.append(p.label)
-        values.append(p.metric if metric else p.loss)  # type: ignore[arg-type]
+        value = p.metric if metric else p.loss
+        values.append(value if isinstance(value, float) else None)
     fig = Figure(figsize=(max(4.2, 0.5 * len(labels) + 1.5), 3.0))
     fig.subplots_adjust(left=0.16, right=0.86, bottom=0.28, top=0.88)
     ax = fig.subplots()
     xs = range(len(values))
     ax.plot(xs, values, marker="o", markersize=4, color=KEPT, label=result.metric_name if metric else "loss")
-    if before:
-        ax.axhline(before[0][1], color="black", linewidth=0.8, linestyle="--", label="before the cell")
+    if start is not None:
+        ax.axhline(start, color="black", linewidth=0.8, linestyle="--", label="before the cell")
     ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(result.metric_name if metric else "training loss")
     ax.grid(alpha=0.3)

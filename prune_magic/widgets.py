@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import plots
-from .engine import PruneResult, Report
-from .engine.evaluate import metric_changes
+from .engine import PruneResult, Recipe, Report
 from .engine.report import SPARSE_FORMAT, format_bytes, format_count
-from .engine.result import describe_curve
+from .engine.result import WHY_STRUCTURED, describe_curve
 from .engine.sensitivity import Sensitivity
 
 
@@ -45,42 +44,38 @@ class PruneView:
                 ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%}"),
                 ("size", _size(b, a)),
             ]
-            if b.macs is not None and a.macs is not None:
-                note = "" if self.structured else " (zeros in dense weights still cost MACs)"
-                facts.append(("MACs", f"{format_count(b.macs)} → {format_count(a.macs)} per forward{note}"))
-            if r.latency_before is not None and r.latency_after is not None:
+            macs, latency = r.macs(), r.latency()
+            if macs is not None:
+                note = "" if r.structured else " (zeros in dense weights still cost MACs)"
+                facts.append(
+                    ("MACs", f"{format_count(macs.before)} → {format_count(macs.after)} per forward{note}")
+                )
+            if latency is not None:
                 facts.append(
                     (
                         "latency",
-                        f"{r.latency_before * 1e3:.2f} ms → {r.latency_after * 1e3:.2f} ms"
-                        f" ({r.latency_before / r.latency_after:.2f}x faster; measured on this CPU)",
+                        f"{latency.before * 1e3:.2f} ms → {latency.after * 1e3:.2f} ms"
+                        f" ({latency.before / latency.after:.2f}x faster; measured on this CPU)",
                     )
                 )
-            if self.structured:
-                facts.append(
-                    (
-                        "why",
-                        "removing a layer's output channels also removes the next layer's inputs:"
-                        " half the channels of a stack of layers is about three quarters of its parameters",
-                    )
-                )
-        if r.metric_before is not None and r.metric_after is not None:
-            changes = metric_changes(r.metric_before, r.metric_after, r.metric_name)
-            facts += [(k, f"{b:.4g} → {a:.4g} ({a - b:+.4g})") for k, b, a in changes]
+            if r.structured:
+                facts.append(("why", WHY_STRUCTURED))
+        facts += [
+            (m.name, f"{m.before:.4g} → {m.after:.4g} ({m.after - m.before:+.4g})") for m in r.metrics()
+        ]
         for s in r.steps:
             if s.quantized is not None:
                 facts.append(("quantized", s.quantized.line()))
             elif s.curve:
                 facts.append(("trained", _trained(s)))
-        notes = [line for line in r.lines() if line.startswith(("warning:", "note:", "re-run:", "dry run:"))]
-        facts += [("note", n) for n in notes]
+        facts += [("note", str(n)) for n in r.remarks()]
         facts.append(("time", f"{r.seconds:.2f} s"))
         return facts
 
     @property
     def structured(self) -> bool:
         """Whether a step removed channels (then widths, not zeros, are the story)."""
-        return any(s.removals for s in self.result.steps)
+        return self.result.structured
 
     def png(self) -> bytes | None:
         r = self.result
@@ -376,7 +371,7 @@ class PruneDashboard:
             steps[index] = steps[index].replace(**{option: value})
         self._busy(True)
         try:
-            result = self.rerun("\n".join(str(s) for s in steps))
+            result = self.rerun(Recipe(tuple(steps)))
         except Exception as exc:  # the engine rolled back: the model is at the last good state
             self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
             return
@@ -473,7 +468,7 @@ class Rerun:
     loss: Any = None
     progress: Any = None  # called while a step trains (the dashboard's status line)
 
-    def __call__(self, recipe: str, dry_run: bool = False) -> PruneResult:
+    def __call__(self, recipe: str | Recipe, dry_run: bool = False) -> PruneResult:
         from . import engine
 
         return engine.prune(
@@ -489,7 +484,7 @@ class Rerun:
             progress=self.progress,
         )
 
-    def dry_run(self, recipe: str) -> PruneResult:
+    def dry_run(self, recipe: str | Recipe) -> PruneResult:
         """What ``recipe`` would do, measured, with the model left as it is."""
         return self(recipe, dry_run=True)
 
@@ -509,12 +504,8 @@ def _bounds(option: str, value: object) -> tuple[float, float, float] | None:
 
 
 def _first_metric(result: PruneResult) -> float | None:
-    changes = (
-        metric_changes(result.metric_before, result.metric_after, result.metric_name)
-        if result.metric_before is not None and result.metric_after is not None
-        else []
-    )
-    return changes[0][2] if changes else None
+    metrics = result.metrics()
+    return metrics[0].after if metrics else None
 
 
 def _weight(model: Any, name: str) -> Any:

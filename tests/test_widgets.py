@@ -254,7 +254,7 @@ def test_moves_run_off_the_kernels_thread_and_the_latest_move_wins(mlp) -> None:
     assert board.worker.waiting == 1
     release.set()
     assert board.wait(30)
-    assert [r.split()[1] for r in applied] == ["amount=0.6", "amount=0.9"]
+    assert [str(r).split()[1] for r in applied] == ["amount=0.6", "amount=0.9"]  # (parsed recipes)
     seen = [v for v, _ in board.tried]
     assert seen == [0.6, 0.9]
     assert zeros(mlp) == round(0.9 * sum(t.param.numel() for t in pm.select(mlp)))
