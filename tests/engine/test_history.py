@@ -119,7 +119,7 @@ def test_metrics_before_and_after(mlp) -> None:
 
 
 def test_the_result_carries_its_notes_as_facts_the_text_and_the_view_both_draw(mlp) -> None:
-    from prune_magic.widgets import PruneView
+    from prune_magic.views import PruneView
 
     pm.prune(mlp, "clip amount=0.5", tag="cell")
     result = pm.prune(
