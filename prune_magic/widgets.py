@@ -329,14 +329,16 @@ class ExploreView:
 
     Each layer's amount follows the global slider (sensitive layers get less) until its
     own slider is moved, which pins it. The metric is first estimated from the sweep, then
-    measured by a dry run (the model does not change); Apply writes the per-layer recipe
-    into the model as one undoable call.
+    measured by a dry run (the model does not change) on a thread of the view's own, as the
+    dashboard's re-runs are (a move replaces a measurement still waiting); Apply writes the
+    per-layer recipe into the model as one undoable call.
     """
 
     def __init__(self, sweep: Sensitivity, name: str, rerun: PruneCall, charts: bool = True) -> None:
         import ipywidgets as w
 
         self.sweep, self.name, self.rerun, self.charts = sweep, name, rerun, charts
+        self.worker = _Worker()  # dry runs off the kernel's thread: a slider move returns at once
         self.pinned: dict[str, float] = {}
         self._quiet = False  # set while the global slider moves the layer sliders
         self.overall = w.FloatSlider(
@@ -364,7 +366,7 @@ class ExploreView:
         self.overall.observe(lambda _: self._spread(), "value")
         for layer, slider in self.layers.items():
             slider.observe(self._pin(layer), "value")
-        self.apply_button.on_click(lambda _: self._apply())
+        self.apply_button.on_click(lambda _: self.worker.submit("apply", lambda: self._apply(self.recipe())))
         self.box = w.VBox(
             [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
              w.HBox([self.apply_button, self.status])]
@@ -396,7 +398,12 @@ class ExploreView:
 
         return moved
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the queued measurements and Apply have run."""
+        return self.worker.wait(timeout)
+
     def _update(self) -> None:
+        """The estimate at once; the measurement (a dry run) on the worker, the latest move winning."""
         amounts = self.amounts()
         self.estimate.value = html.escape(
             f"estimated {self.sweep.metric_name}: {self.sweep.estimate(amounts):.4g}"
@@ -408,13 +415,17 @@ class ExploreView:
             self.measured.value = ""
             return
         self.status.value = "<i>measuring…</i>"
+        self.worker.submit("update", lambda: self._measure(recipe))
+
+    def _measure(self, recipe: str) -> None:
         try:
             result = self.rerun.dry_run(recipe)
         except Exception as exc:
             self.measured.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
             return
         finally:
-            self.status.value = ""
+            if not self.worker.waiting:
+                self.status.value = ""
         metric = _first_metric(result)
         after = result.after
         facts = [f"measured {self.sweep.metric_name}: {metric:.4g}" if metric is not None else ""]
@@ -425,9 +436,9 @@ class ExploreView:
             )
         self.measured.value = html.escape("; ".join(f for f in facts if f))
 
-    def _apply(self) -> None:
+    def _apply(self, recipe: str) -> None:
         try:
-            result = self.rerun(self.recipe())
+            result = self.rerun(recipe)
         except Exception as exc:
             self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
             return

@@ -132,7 +132,8 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
     sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
     before = state(mlp)
     view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"))
-    view.overall.value = 0.6
+    view.overall.value = 0.6  # returns at once: the dry run is on the view's thread
+    assert view.wait(30)
     amounts = view.amounts()
     total = sum(sweep.sizes.values())
     assert sum(a * sweep.sizes[layer] for layer, a in amounts.items()) == pytest.approx(0.6 * total, rel=0.02)
@@ -143,12 +144,37 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
     view.overall.value = 0.7
     assert view.layers["out"].value == 0.0
     view.apply_button.click()
+    assert view.wait(30)
     steps = len(pm.history(mlp))
     assert f"applied as {steps} step(s); %prune undo mlp {steps} takes it back" in view.status.value
     assert sum(int((t.param == 0).sum()) for t in pm.select(mlp)) > 0.6 * total
     for _ in range(steps):
         pm.undo(mlp)
     assert same_bits(mlp, before)
+
+
+def test_explore_measures_off_the_kernels_thread(mlp) -> None:
+    import threading
+
+    from prune_magic.widgets import ExploreView
+
+    x = torch.randn(64, 64)
+    y = mlp(x).argmax(1)
+    release, measuring = threading.Event(), threading.Event()
+
+    def agreement(model):
+        if threading.current_thread() is not threading.main_thread():
+            measuring.set()
+            release.wait(10)
+        return float((model(x).argmax(1) == y).float().mean())
+
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6), stop_below=-1)
+    view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"), charts=False)
+    view.overall.value = 0.4  # returns while the dry run waits on the view's thread
+    assert measuring.wait(10) and view.worker.busy and "measuring" in view.status.value
+    release.set()
+    assert view.wait(30) and "measured agreement" in view.measured.value
+    assert view.status.value == ""
 
 
 def test_a_running_sweep_shows_a_progress_bar() -> None:
