@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from IPython.core import magic_arguments as _magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import parse_argstring
 from IPython.display import display
 from traitlets import Bool, Integer
 
@@ -46,39 +47,60 @@ USAGE = "\n".join(
 )
 
 
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _options() -> Callable[[_Function], _Function]:
+    """IPython's ``@magic_arguments()``, typed: the function keeps its signature."""
+    decorator: Callable[[_Function], _Function] = _magic_arguments.magic_arguments()
+    return decorator
+
+
+def _line_cell_magic(method: _Function) -> _Function:
+    """IPython's ``@line_cell_magic``, typed (it records the method and returns it as it is)."""
+    line_cell_magic(method)
+    return method
+
+
+def _option(*names: str, **settings: Any) -> Callable[[_Function], _Function]:
+    """IPython's ``@argument(...)``, typed: the function keeps its signature."""
+    decorator: Callable[[_Function], _Function] = _magic_arguments.argument(*names, **settings)
+    return decorator
+
+
 # the options %%prune and %prune sensitivity/explore share
-_EVAL = argument(
+_EVAL = _option(
     "--eval",
     dest="eval_fn",
     metavar="FN",
     help="a callable FN(model) -> float or dict of floats, run before and after",
 )
-_DATA = argument(
+_DATA = _option(
     "--data",
     metavar="DATA",
     help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after (unless --eval"
     " is given), and the calibration data of steps that need it (by=wanda, importance=taylor)",
 )
-_EXAMPLE_INPUT = argument(
+_EXAMPLE_INPUT = _option(
     "--example-input",
     metavar="EXPR",
     help="an input for the model (an expression): counts MACs, and traces the model for structured steps",
 )
-_OUTPUT = argument(
+_OUTPUT = _option(
     "-o", "--output", metavar="NAME", help="store the result object in the namespace under NAME"
 )
 
 
-@magic_arguments()
-@argument("model", help="the nn.Module to sweep: a name in the namespace")
+@_options()
+@_option("model", help="the nn.Module to sweep: a name in the namespace")
 @_EVAL
 @_DATA
-@argument("--levels", default="0.1,0.3,0.5,0.7,0.9", help="the amounts to try, comma-separated")
-@argument("--step", choices=("clip", "structured"), default="clip", help="how each layer is pruned")
-@argument("--layers", help="the layers to sweep (comma-separated names, globs or types)")
-@argument("--exclude", help="layers left out of the sweep")
+@_option("--levels", default="0.1,0.3,0.5,0.7,0.9", help="the amounts to try, comma-separated")
+@_option("--step", choices=("clip", "structured"), default="clip", help="how each layer is pruned")
+@_option("--layers", help="the layers to sweep (comma-separated names, globs or types)")
+@_option("--exclude", help="layers left out of the sweep")
 @_EXAMPLE_INPUT
-@argument("--tolerance", type=float, default=0.01, help="the budget: the metric lost per layer at most")
+@_option("--tolerance", type=float, default=0.01, help="the budget: the metric lost per layer at most")
 @_OUTPUT
 def sweep_options(line: str) -> None:
     """%prune sensitivity MODEL / %prune explore MODEL: sweep each layer alone at several levels."""
@@ -116,23 +138,23 @@ class PruneMagics(Magics):
     def _post_run_cell(self, result: Any) -> None:
         self._cell_id = None
 
-    @magic_arguments()
-    @argument(
+    @_options()
+    @_option(
         "model", help="the nn.Module to prune: a name in the namespace (dotted access allowed: trainer.model)"
     )
     @_EVAL
     @_DATA
-    @argument(
+    @_option(
         "--train",
         metavar="DATA",
         help="a DataLoader or an (X, y) pair to train on (finetune, distill, clip ... finetune=)",
     )
-    @argument("--loss", metavar="FN", help="the training loss FN(output, target) (default: cross-entropy)")
+    @_option("--loss", metavar="FN", help="the training loss FN(output, target) (default: cross-entropy)")
     @_EXAMPLE_INPUT
     @_OUTPUT
-    @argument("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
-    @argument("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
-    @line_cell_magic
+    @_option("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
+    @_option("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
+    @_line_cell_magic
     def prune(self, line: str, cell: str | None = None) -> None:
         """Prune a model in place with a recipe, and show what changed.
 
@@ -231,7 +253,7 @@ class PruneMagics(Magics):
         finally:
             progress.close()
         if args.output:
-            self.shell.user_ns[args.output] = result
+            self._user_ns[args.output] = result
         if args.quiet:
             return
         from .widgets import PruneCall, PruneDashboard
@@ -305,7 +327,7 @@ class PruneMagics(Magics):
             exclude=_patterns(args.exclude), example_input=example, data=data, progress=live.show,
         )  # fmt: skip
         if args.output:
-            self.shell.user_ns[args.output] = result
+            self._user_ns[args.output] = result
         if explore and getattr(self.shell, "kernel", None) is not None and result.complete:
             from .widgets import ExploreView, PruneCall
 
@@ -335,6 +357,12 @@ class PruneMagics(Magics):
             raise UsageError(str(exc)) from None
 
     @property
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None  # (magics run in a shell)
+        names: dict[str, Any] = self.shell.user_ns
+        return names
+
+    @property
     def _namespace(self) -> Namespace:
         """The user namespace, where the options' names and expressions are resolved."""
         from .namespace import Namespace
@@ -351,7 +379,8 @@ def _sweep_arguments(line: str) -> Any:
         from .engine.errors import did_you_mean
 
         message = str(exc)
-        options = [o for action in sweep_options.parser._actions for o in action.option_strings]
+        parser = vars(sweep_options)["parser"]  # (what magic_arguments built)
+        options = [o for action in parser._actions for o in action.option_strings]
         unknown = re.findall(r"(--?[\w-]+)", message.partition("unrecognized arguments:")[2])
         hint = did_you_mean(unknown[0], options) if unknown else ""
         message = _quote_hint(message, message)

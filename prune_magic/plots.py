@@ -87,7 +87,8 @@ def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
     """One line per layer: the metric after pruning only that layer, against the level."""
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
-    ax.set_prop_cycle(color=colormaps["tab10" if len(result.curves) <= 10 else "tab20"].colors)
+    palette = colormaps["tab10" if len(result.curves) <= 10 else "tab20"]
+    ax.set_prop_cycle(color=[palette(i) for i in range(palette.N)])
     levels = [100 * v for v in result.levels]
     for layer, metrics in result.curves.items():
         points = [(x, m) for x, m in zip(levels, metrics, strict=True) if m is not None]
@@ -137,7 +138,7 @@ def training_chart(result: PruneResult) -> Figure:
     for p in points:
         labels.append(p.label)
         value = p.metric if metric else p.loss
-        values.append(value if isinstance(value, float) else None)
+        values.append(value if isinstance(value, float) else math.nan)  # (a gap, as None would be)
     fig = Figure(figsize=(max(4.2, 0.5 * len(labels) + 1.5), 3.0))
     fig.subplots_adjust(left=0.16, right=0.86, bottom=0.28, top=0.88)
     ax = fig.subplots()
@@ -161,7 +162,7 @@ def training_chart(result: PruneResult) -> Figure:
         ax.set_zorder(twin.get_zorder() + 1)  # the legend and the metric above the sparsity line
         ax.patch.set_visible(False)
         lines = ax.get_lines() + twin.get_lines()
-        ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")
+        ax.legend(lines, [str(line.get_label()) for line in lines], fontsize=7, loc="best")
     else:
         ax.legend(fontsize=7, loc="best")
     kinds = ", ".join(dict.fromkeys(s.step.kind if s.step.kind != "clip" else "gradual clip" for s in steps))

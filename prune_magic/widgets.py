@@ -126,7 +126,7 @@ class PruneDashboard:
                 if bounds is None:
                     continue
                 slider = w.FloatSlider(
-                    value=float(value), min=bounds[0], max=bounds[1], step=bounds[2],
+                    value=step.number(option), min=bounds[0], max=bounds[1], step=bounds[2],
                     description=f"{step.kind} {option}" if len(self.recipe.steps) == 1 else f"{i + 1}: {option}",
                     continuous_update=False, readout_format=".3g", style={"description_width": "initial"},
                 )  # fmt: skip
