@@ -37,8 +37,10 @@ from .steps import (
     clips,
     needs_calibration_data,
     needs_record,
+    needs_teacher,
     needs_training_data,
     prunes,
+    removes_channels,
     select_targets,
     selects_weights,
 )
@@ -108,7 +110,7 @@ def prune(
     selected = [select_targets(model, step) for step in parsed.steps]
     _check_inputs(model, parsed, train, data, undo or dry_run)
     step_notes = _notes(model, parsed)  # (on the model as it is: later steps may replace layers)
-    structured = any(step.kind == "structured" for step in parsed.steps)  # (latency is measured for these)
+    structured = any(removes_channels(step) for step in parsed.steps)  # (latency is measured for these)
     if example_input is not None and not report:  # (the report's MAC count checks it otherwise)
         fits(model, example_input)
     with exclusive(model, "pm.prune"):
@@ -269,7 +271,7 @@ def _check_inputs(model: nn.Module, recipe: Recipe, train: object, data: object,
                 f"line {step.line}: clip by=wanda needs calibration data: pass data=(X, y) or a DataLoader"
                 " (in %%prune: --data NAME)"
             )
-        if step.kind == "distill":
+        if needs_teacher(step):
             if not keep:
                 raise PruneError(
                     f"line {step.line}: distill rebuilds its teacher from the undo records; drop undo=False"

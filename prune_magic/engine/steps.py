@@ -63,6 +63,16 @@ def needs_record(step: Step) -> bool:
     return step.kind != "clip" or gradual(step)
 
 
+def removes_channels(step: Step) -> bool:
+    """Whether the step reshapes layers (its latency is worth measuring)."""
+    return step.kind == "structured"
+
+
+def needs_teacher(step: Step) -> bool:
+    """Whether the step learns from the model before pruning, rebuilt from the undo records."""
+    return step.kind == "distill"
+
+
 def prunes(step: Step) -> bool:
     """Whether the step removes or zeroes weights (what distillation recovers from)."""
     return step.kind in ("clip", "structured")
