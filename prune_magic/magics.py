@@ -249,6 +249,7 @@ class PruneMagics(Magics):
             result = engine.prune(
                 model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag,
                 data=data, train=train, loss=loss, progress=None if args.quiet else progress,
+                latency=recipe.removes_channels,
             )  # fmt: skip
         finally:
             progress.close()

@@ -282,9 +282,10 @@ class PruneCall:
     def __call__(self, recipe: str | Recipe, dry_run: bool = False) -> PruneResult:
         from . import engine
 
+        parsed = engine.parse_recipe(recipe)  # (once: the engine takes the Recipe as it is)
         return engine.prune(
             self.model,
-            recipe,
+            parsed,
             evaluate=self.evaluate,
             example_input=self.example_input,
             tag=self.tag,
@@ -293,6 +294,7 @@ class PruneCall:
             train=self.train,
             loss=self.loss,
             progress=self.progress,
+            latency=parsed.removes_channels,
         )
 
     def dry_run(self, recipe: str | Recipe) -> PruneResult:

@@ -343,11 +343,12 @@ def _refusal(model: nn.Module, start: dict[str, tuple[Any, ...]], exc: Exception
 # ----------------------------------------------------------------------------- Torch-Pruning alone
 
 
-def torch_pruning_alone(zoo: Zoo, ratio: float = 0.5) -> Outcome:
-    """Torch-Pruning's own ``MetaPruner`` (L2 magnitude) on the same model, the final layer ignored."""
+def torch_pruning_alone(zoo: Zoo, ratio: float = 0.5, model: nn.Module | None = None) -> Outcome:
+    """Torch-Pruning's own ``MetaPruner`` (L2 magnitude) on the same model (or ``model``, a copy
+    of it), the final layer ignored."""
     import torch_pruning as tp
 
-    model, x = zoo.model(), zoo.example_input()
+    model, x = model if model is not None else zoo.model(), zoo.example_input()
     params = sum(p.numel() for p in model.parameters())
     shapes = [t.shape for t in forward(model, x)]
     ignored = final_layers(model, shapes)

@@ -40,7 +40,6 @@ from .steps import (
     needs_teacher,
     needs_training_data,
     prunes,
-    removes_channels,
     select_targets,
     selects_weights,
 )
@@ -62,6 +61,7 @@ def prune(
     dry_run: bool = False,
     undo: bool = True,
     report: bool = True,
+    latency: bool = False,
     tag: str | None = None,
     data: object = None,
     train: object = None,
@@ -86,8 +86,11 @@ def prune(
             weight). ``False`` saves that memory for very large models; a clip step cannot
             be undone then, nor rolled back if something fails after it: the rollback stops
             at the last such step and the error says so.
-        report: measure per-tensor sparsity, MACs and (for structured steps) latency before and
-            after (``False`` skips those passes).
+        report: measure per-tensor sparsity, size and MACs before and after (``False`` skips
+            the MAC-counting passes).
+        latency: also time forward passes of ``example_input`` before and after (a warm-up and
+            at least three passes each: on a small model that is more than the pruning itself,
+            so it is asked for; a ``%%prune`` cell with a structured step asks for it).
         data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``,
             ``by=wanda``).
         train: a DataLoader or ``(X, y)`` pair to train on (``finetune``, ``distill``,
@@ -110,13 +113,12 @@ def prune(
     selected = [select_targets(model, step) for step in parsed.steps]
     _check_inputs(model, parsed, train, data, undo or dry_run)
     step_notes = _notes(model, parsed)  # (on the model as it is: later steps may replace layers)
-    structured = any(removes_channels(step) for step in parsed.steps)  # (latency is measured for these)
     if example_input is not None and not report:  # (the report's MAC count checks it otherwise)
         fits(model, example_input)
     with exclusive(model, "pm.prune"):
         return _prune(
-            model, parsed, selected, evaluate, example_input, dry_run, undo, report, tag, data, train, loss,
-            progress, structured, step_notes,
+            model, parsed, selected, evaluate, example_input, dry_run, undo, report, latency, tag, data, train,
+            loss, progress, step_notes,
         )  # fmt: skip
 
 
@@ -129,12 +131,12 @@ def _prune(
     dry_run: bool,
     undo: bool,
     report: bool,
+    timed: bool,
     tag: str | None,
     data: object,
     train: object,
     loss: Loss | None,
     progress: Callable[[Progress], None] | None,
-    structured: bool,
     step_notes: tuple[str, ...],
 ) -> PruneResult:
     started = time.perf_counter()
@@ -147,8 +149,7 @@ def _prune(
         # a re-run starts from the state its previous run started from: reuse that metric
         metric_before = _known_start(rewound, evaluate) or _evaluate(evaluate, model)
         before = _measure(model, example_input) if report else None
-        timed = report and structured and example_input is not None
-        latency_before = latency(model, example_input) if timed else None
+        latency_before = latency(model, example_input) if timed and example_input is not None else None
         training = Training(
             train,
             _watched(model, loss, "loss"),

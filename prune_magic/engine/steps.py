@@ -63,11 +63,6 @@ def needs_record(step: Step) -> bool:
     return step.kind != "clip" or gradual(step)
 
 
-def removes_channels(step: Step) -> bool:
-    """Whether the step reshapes layers (its latency is worth measuring)."""
-    return step.kind == "structured"
-
-
 def needs_teacher(step: Step) -> bool:
     """Whether the step learns from the model before pruning, rebuilt from the undo records."""
     return step.kind == "distill"

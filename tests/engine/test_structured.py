@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 
 import pytest
@@ -59,12 +60,26 @@ def test_an_mlp_loses_the_expected_parameters() -> None:
 
 def test_the_report_says_the_parameter_ratio_in_words() -> None:
     model, x = build("cnn_bn")
-    result = pm.prune(model, "structured amount=0.5", example_input=x)
+    result = pm.prune(model, "structured amount=0.5", example_input=x, latency=True)
     text = str(result)
     assert "half the channels is about three quarters of the parameters" in text
     assert "MACs" in text and "latency" in text
     assert result.latency_before is not None and result.latency_after is not None
     assert result.after.macs < 0.5 * result.before.macs
+
+
+def test_latency_is_timed_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # timing takes a warm-up and three passes before and after: more than the pruning itself
+    # on a small model, so a script that did not ask does not wait for it
+    orchestrator = importlib.import_module("prune_magic.engine.prune")
+    passes: list[object] = []
+    monkeypatch.setattr(orchestrator, "latency", lambda model, x: passes.append(model) or 0.001)
+    model, x = build("cnn_bn")
+    result = pm.prune(model, "structured amount=0.5", example_input=x)
+    assert passes == [] and result.latency_before is None and "latency" not in str(result)
+    assert result.after.macs < 0.5 * result.before.macs  # the MACs are still counted
+    pm.prune(model, "structured amount=0.5", example_input=x, latency=True)
+    assert len(passes) == 2
 
 
 def test_transformer_prunes_mlp_hidden_units_and_keeps_heads() -> None:
