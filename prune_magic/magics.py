@@ -131,9 +131,9 @@ class PruneMagics(Magics):
 
     def _pre_run_cell(self, info: ExecutionInfo) -> None:
         self._cell_id = getattr(info, "cell_id", None)
-        widgets = sys.modules.get("prune_magic.widgets")
-        if widgets is not None:  # a dashboard may be re-pruning a model: let it finish first
-            widgets.wait_for_updates()
+        worker = sys.modules.get("prune_magic.worker")
+        if worker is not None:  # a dashboard may be re-pruning a model: let it finish first
+            worker.wait_for_updates()
 
     def _post_run_cell(self, result: Any) -> None:
         self._cell_id = None

@@ -6,8 +6,6 @@ a static view (:mod:`.views`) to viewers without widgets.
 from __future__ import annotations
 
 import html
-import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,69 +15,7 @@ from .engine import PruneResult, Recipe
 from .engine.report import SPARSE_FORMAT, format_bytes
 from .engine.sensitivity import Sensitivity
 from .views import PruneView, SweepView, dequantized_weight, progress_text
-
-
-class _Worker:
-    """Runs a dashboard's actions one at a time on a thread of its own.
-
-    The kernel stays free to handle the next widget message while the model is re-pruned
-    and re-evaluated, and moves are debounced: a slider move replaces a move still waiting,
-    so dragging through ten values costs at most two re-applies, not ten. A cell waits
-    for the worker before it runs (:func:`wait_for_updates`), so code never sees a model
-    in the middle of an update.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: list[tuple[str, Callable[[], None]]] = []
-        self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
-        _WORKERS.add(self)
-
-    def submit(self, kind: str, task: Callable[[], None]) -> None:
-        """Queue ``task``; a waiting task of kind ``"update"`` is replaced by a newer one."""
-        with self._lock:
-            if kind == "update":
-                self._queue = [(k, t) for k, t in self._queue if k != "update"]
-            self._queue.append((kind, task))
-            if self._thread is None:
-                self._idle.clear()
-                self._thread = threading.Thread(target=self._run, name="prune-magic-dashboard", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._thread = None
-                    self._idle.set()
-                    return
-                _, task = self._queue.pop(0)
-            task()
-
-    @property
-    def busy(self) -> bool:
-        return not self._idle.is_set()
-
-    @property
-    def waiting(self) -> int:
-        """Actions queued behind the one running."""
-        with self._lock:
-            return len(self._queue)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every queued action has run; False if ``timeout`` passed first."""
-        return self._idle.wait(timeout)
-
-
-_WORKERS: weakref.WeakSet[_Worker] = weakref.WeakSet()
-
-
-def wait_for_updates(timeout: float | None = None) -> None:
-    """Wait until no dashboard is re-pruning a model (called before every cell runs)."""
-    for worker in list(_WORKERS):
-        worker.wait(timeout)
+from .worker import Worker
 
 
 class PruneDashboard:
@@ -89,8 +25,8 @@ class PruneDashboard:
     before the cell (the engine's tagged steps: the cell's previous run is undone first, in
     one transaction), evaluates, and redraws. If anything fails, the model stays at the
     last good state and the error shows in the dashboard. Sliders update on release; the
-    work runs on a thread of the dashboard's own (see :class:`_Worker`), "updating…" shows
-    meanwhile, and :meth:`wait` blocks until it is done.
+    work runs on a thread of the dashboard's own (:class:`~prune_magic.worker.Worker`),
+    "updating…" shows meanwhile, and :meth:`wait` blocks until it is done.
     """
 
     def __init__(
@@ -106,7 +42,7 @@ class PruneDashboard:
 
         self.start = start or {}
         self.name, self.rerun, self.charts = name, rerun, charts
-        self.worker = _Worker()
+        self.worker = Worker()
         self.view = PruneView(result, name, charts)
         self.recipe = result.recipe
         self.tried: list[tuple[float, float]] = []  # (slider value, metric) of the points tried
@@ -340,7 +276,7 @@ class ExploreView:
         import ipywidgets as w
 
         self.sweep, self.name, self.rerun, self.charts = sweep, name, rerun, charts
-        self.worker = _Worker()  # dry runs off the kernel's thread: a slider move returns at once
+        self.worker = Worker()  # dry runs off the kernel's thread: a slider move returns at once
         self.pinned: dict[str, float] = {}
         self._quiet = False  # set while the global slider moves the layer sliders
         self.overall = w.FloatSlider(

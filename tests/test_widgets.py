@@ -292,7 +292,7 @@ def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
 
     from IPython.core.interactiveshell import InteractiveShell
 
-    from prune_magic import widgets
+    from prune_magic import worker
 
     release = threading.Event()
 
@@ -319,7 +319,7 @@ def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
     assert (
         shell.user_ns["zeros_seen"] == zeros(mlp) == round(0.8 * sum(t.param.numel() for t in pm.select(mlp)))
     )
-    assert not board.worker.busy and widgets._WORKERS
+    assert not board.worker.busy and worker._WORKERS
 
 
 def test_the_recipe_line_has_no_float_noise_from_the_slider(dashboard) -> None:
