@@ -309,7 +309,7 @@ class ExploreView:
             [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
              w.HBox([self.apply_button, self.status])]
         )  # fmt: skip
-        self._spread()
+        self._spread(now=True)  # (the first measurement in the cell, on the kernel's thread)
 
     def amounts(self) -> dict[str, float]:
         return {layer: round(slider.value, 4) for layer, slider in self.layers.items()}
@@ -317,7 +317,7 @@ class ExploreView:
     def recipe(self) -> str:
         return "\n".join(f"clip amount={a:g} layers={layer}" for layer, a in self.amounts().items() if a > 0)
 
-    def _spread(self) -> None:
+    def _spread(self, now: bool = False) -> None:
         allocation = self.sweep.allocate(self.overall.value, self.pinned)
         self._quiet = True
         try:
@@ -325,7 +325,7 @@ class ExploreView:
                 self.layers[layer].value = amount
         finally:
             self._quiet = False
-        self._update()
+        self._update(now)
 
     def _pin(self, layer: str) -> Any:
         def moved(change: dict[str, Any]) -> None:
@@ -340,8 +340,9 @@ class ExploreView:
         """Block until the queued measurements and Apply have run."""
         return self.worker.wait(timeout)
 
-    def _update(self) -> None:
-        """The estimate at once; the measurement (a dry run) on the worker, the latest move winning."""
+    def _update(self, now: bool = False) -> None:
+        """The estimate at once; the measurement (a dry run) on the worker, the latest move winning
+        (``now``: here, as the cell that builds the view does)."""
         amounts = self.amounts()
         self.estimate.value = html.escape(
             f"estimated {self.sweep.metric_name}: {self.sweep.estimate(amounts):.4g}"
@@ -353,7 +354,10 @@ class ExploreView:
             self.measured.value = ""
             return
         self.status.value = "<i>measuring…</i>"
-        self.worker.submit("update", lambda: self._measure(recipe))
+        if now:
+            self._measure(recipe)
+        else:
+            self.worker.submit("update", lambda: self._measure(recipe))
 
     def _measure(self, recipe: str) -> None:
         try:
