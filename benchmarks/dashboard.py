@@ -82,7 +82,7 @@ def bench(
     name: str, make: Callable[[], tuple[nn.Module, Callable[[nn.Module], float]]], moves: int
 ) -> list[str]:
     model, evaluate = make()
-    rerun = widgets.Rerun(model, evaluate, tag="bench")
+    rerun = widgets.PruneCall(model, evaluate, tag="bench")
     start = {n: histogram(p) for n, p in model.named_parameters() if n.endswith("weight")}
     board = widgets.PruneDashboard(rerun("clip amount=0.5 scope=global"), name, rerun, start=start)
     slider = board.sliders[0, "amount"]

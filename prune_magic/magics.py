@@ -6,26 +6,26 @@ the extension loads.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import html
 import re
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from IPython.core import magic_arguments as _magic_arguments
 from IPython.core.error import UsageError
-from IPython.core.getipython import get_ipython
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import parse_argstring
 from IPython.display import display
-from IPython.utils.process import arg_split
 from traitlets import Bool, Integer
+
+from .namespace import model_names, unquoted
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import ExecutionInfo, InteractiveShell
+
+    from .namespace import Namespace
 
 SUBCOMMANDS = {
     "undo": "undo the last step applied to MODEL (%prune undo MODEL N: the last N)",
@@ -46,8 +46,64 @@ USAGE = "\n".join(
     ]
 )
 
-_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_EXPAND = re.compile(r"\{([^{}]+)\}")
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _options() -> Callable[[_Function], _Function]:
+    """IPython's ``@magic_arguments()``, typed: the function keeps its signature."""
+    decorator: Callable[[_Function], _Function] = _magic_arguments.magic_arguments()
+    return decorator
+
+
+def _line_cell_magic(method: _Function) -> _Function:
+    """IPython's ``@line_cell_magic``, typed (it records the method and returns it as it is)."""
+    line_cell_magic(method)
+    return method
+
+
+def _option(*names: str, **settings: Any) -> Callable[[_Function], _Function]:
+    """IPython's ``@argument(...)``, typed: the function keeps its signature."""
+    decorator: Callable[[_Function], _Function] = _magic_arguments.argument(*names, **settings)
+    return decorator
+
+
+# the options %%prune and %prune sensitivity/explore share
+_EVAL = _option(
+    "--eval",
+    dest="eval_fn",
+    metavar="FN",
+    help="a callable FN(model) -> float or dict of floats, run before and after",
+)
+_DATA = _option(
+    "--data",
+    metavar="DATA",
+    help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after (unless --eval"
+    " is given), and the calibration data of steps that need it (by=wanda, importance=taylor)",
+)
+_EXAMPLE_INPUT = _option(
+    "--example-input",
+    metavar="EXPR",
+    help="an input for the model (an expression): counts MACs, and traces the model for structured steps",
+)
+_OUTPUT = _option(
+    "-o", "--output", metavar="NAME", help="store the result object in the namespace under NAME"
+)
+
+
+@_options()
+@_option("model", help="the nn.Module to sweep: a name in the namespace")
+@_EVAL
+@_DATA
+@_option("--levels", default="0.1,0.3,0.5,0.7,0.9", help="the amounts to try, comma-separated")
+@_option("--step", choices=("clip", "structured"), default="clip", help="how each layer is pruned")
+@_option("--layers", help="the layers to sweep (comma-separated names, globs or types)")
+@_option("--exclude", help="layers left out of the sweep")
+@_EXAMPLE_INPUT
+@_option("--tolerance", type=float, default=0.01, help="the budget: the metric lost per layer at most")
+@_OUTPUT
+def sweep_options(line: str) -> None:
+    """%prune sensitivity MODEL / %prune explore MODEL: sweep each layer alone at several levels."""
 
 
 @magics_class
@@ -75,44 +131,30 @@ class PruneMagics(Magics):
 
     def _pre_run_cell(self, info: ExecutionInfo) -> None:
         self._cell_id = getattr(info, "cell_id", None)
-        widgets = sys.modules.get("prune_magic.widgets")
-        if widgets is not None:  # a dashboard may be re-pruning a model: let it finish first
-            widgets.wait_for_updates()
+        worker = sys.modules.get("prune_magic.worker")
+        if worker is not None:  # a dashboard may be re-pruning a model: let it finish first
+            worker.wait_for_updates()
 
     def _post_run_cell(self, result: Any) -> None:
         self._cell_id = None
 
-    @magic_arguments()
-    @argument(
+    @_options()
+    @_option(
         "model", help="the nn.Module to prune: a name in the namespace (dotted access allowed: trainer.model)"
     )
-    @argument(
-        "--eval",
-        dest="eval_fn",
-        metavar="FN",
-        help="a callable FN(model) -> float or dict of floats, run before and after",
-    )
-    @argument(
-        "--data",
-        metavar="DATA",
-        help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after (unless --eval"
-        " is given), and the calibration data of steps that need it (by=wanda, importance=taylor)",
-    )
-    @argument(
+    @_EVAL
+    @_DATA
+    @_option(
         "--train",
         metavar="DATA",
         help="a DataLoader or an (X, y) pair to train on (finetune, distill, clip ... finetune=)",
     )
-    @argument("--loss", metavar="FN", help="the training loss FN(output, target) (default: cross-entropy)")
-    @argument(
-        "--example-input",
-        metavar="EXPR",
-        help="an input for the model (an expression): counts MACs, and traces the model for structured steps",
-    )
-    @argument("-o", "--output", metavar="NAME", help="store the result object in the namespace under NAME")
-    @argument("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
-    @argument("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
-    @line_cell_magic
+    @_option("--loss", metavar="FN", help="the training loss FN(output, target) (default: cross-entropy)")
+    @_EXAMPLE_INPUT
+    @_OUTPUT
+    @_option("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
+    @_option("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
+    @_line_cell_magic
     def prune(self, line: str, cell: str | None = None) -> None:
         """Prune a model in place with a recipe, and show what changed.
 
@@ -170,19 +212,23 @@ class PruneMagics(Magics):
             raise UsageError(_quote_hint(str(exc), line)) from None
         from . import engine
         from .engine.guard import check_model, check_untouched, versions
+        from .progress import TrainingProgress
+        from .views import PruneView, weight_histograms
 
-        model = self._model(args.model)
+        model = self._namespace.model(args.model)
         check_model(model)  # (before the dashboard reads its weights)
         # the namespace's code ({expr}, --data ...) runs before the engine: it must not change the model
         before = versions(model)
-        recipe = self._expand(cell)
+        text = self._namespace.expand(cell)
         stopped = "the cell stopped before pruning, and what it changed stays"
         check_untouched(model, before, "expanding the recipe's {expr}", stopped)
-        parsed = engine.parse_recipe(recipe)  # recipe errors first: before the namespace is searched further
-        evaluate, data = self._evaluate(args)
-        example = self._expression(args.example_input, "--example-input") if args.example_input else None
-        train = self._expression(args.train, "--train") if args.train else None
-        loss = self._name(args.loss, "--loss") if args.loss else None
+        recipe = engine.parse_recipe(text)  # recipe errors first: before the namespace is searched further
+        evaluate, data = self._namespace.evaluate(args.eval_fn, args.data)
+        example = (
+            self._namespace.expression(args.example_input, "--example-input") if args.example_input else None
+        )
+        train = self._namespace.expression(args.train, "--train") if args.train else None
+        loss = self._namespace.name(args.loss, "--loss") if args.loss else None
         check_untouched(model, before, "an option's expression (--data, --example-input, --train)", stopped)
         tag = (
             f"cell:{self._cell_id}"
@@ -196,25 +242,25 @@ class PruneMagics(Magics):
             and getattr(self.shell, "kernel", None) is not None
         )
         start = (
-            _histograms(model) if live and self.charts else None
+            weight_histograms(model) if live and self.charts else None
         )  # the weights before the cell, for the dashboard
-        progress = _TrainingProgress()
+        progress = TrainingProgress()
         try:
             result = engine.prune(
-                model, parsed, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag,
+                model, recipe, evaluate=evaluate, example_input=example, dry_run=args.dry_run, tag=tag,
                 data=data, train=train, loss=loss, progress=None if args.quiet else progress,
-                latency=parsed.removes_channels,
+                latency=recipe.removes_channels,
             )  # fmt: skip
         finally:
             progress.close()
         if args.output:
-            self.shell.user_ns[args.output] = result
+            self._user_ns[args.output] = result
         if args.quiet:
             return
-        from .widgets import PruneDashboard, PruneView, Rerun
+        from .widgets import PruneCall, PruneDashboard
 
         if live:
-            rerun = Rerun(model, evaluate, example, data, tag, train, loss)
+            rerun = PruneCall(model, evaluate, example, data, tag, train, loss)
             display(PruneDashboard(result, args.model, rerun, charts=self.charts, start=start))
         else:
             display(PruneView(result, args.model, charts=self.charts))
@@ -242,7 +288,7 @@ class PruneMagics(Magics):
             raise UsageError(f"usage: %prune {command} MODEL" + (" [N]" if command == "undo" else ""))
         from . import engine
 
-        model = self._model(rest[0])
+        model = self._namespace.model(rest[0])
         if command == "undo":
             if count > len(engine.history(model)) > 0:
                 raise UsageError(
@@ -260,39 +306,39 @@ class PruneMagics(Magics):
             display(engine.history(model))
 
     def _sensitivity(self, line: str, explore: bool = False) -> None:
-        args = _SWEEP.parse_args(arg_split(line, posix=True))
+        args = _sweep_arguments(line)
         from .engine.sensitivity import sensitivity
-        from .widgets import SweepView
+        from .progress import SweepProgress
+        from .views import SweepView
 
-        model = self._model(args.model)
-        evaluate, data = self._evaluate(args)
+        model = self._namespace.model(args.model)
+        evaluate, data = self._namespace.evaluate(args.eval_fn, args.data)
         if evaluate is None:
             raise UsageError("the sweep needs a metric: --eval FN or --data DATA")
         try:
-            levels = [float(v) for v in args.levels.split(",")]
+            levels = [float(v) for v in unquoted(args.levels).split(",")]
         except ValueError:
             raise UsageError(f"--levels {args.levels}: give amounts such as 0.1,0.3,0.5,0.7,0.9") from None
-        example = self._expression(args.example_input, "--example-input") if args.example_input else None
-        view = SweepView(None, args.model, args.tolerance, self.charts)  # type: ignore[arg-type]
-        live = _LiveDisplay()
+        example = (
+            self._namespace.expression(args.example_input, "--example-input") if args.example_input else None
+        )
+        live = SweepProgress(args.model, args.tolerance, self.charts)
         result = sensitivity(
             model, evaluate, levels=levels, step=args.step, layers=_patterns(args.layers),
-            exclude=_patterns(args.exclude), example_input=example, data=data,
-            progress=lambda partial: live.show(view, partial),
+            exclude=_patterns(args.exclude), example_input=example, data=data, progress=live.show,
         )  # fmt: skip
-        view.result = result
         if args.output:
-            self.shell.user_ns[args.output] = result
+            self._user_ns[args.output] = result
         if explore and getattr(self.shell, "kernel", None) is not None and result.complete:
-            from .widgets import ExploreView, Rerun
+            from .widgets import ExploreView, PruneCall
 
             live.done(
                 ExploreView(
-                    result, args.model, Rerun(model, evaluate, example, data, f"explore:{args.model}")
+                    result, args.model, PruneCall(model, evaluate, example, data, f"explore:{args.model}")
                 )
             )
             return
-        live.done(view)
+        live.done(SweepView(result, args.model, args.tolerance, self.charts))
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -311,118 +357,35 @@ class PruneMagics(Magics):
                 raise
             raise UsageError(str(exc)) from None
 
-    def _model(self, text: str) -> Any:
-        import torch
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None  # (magics run in a shell)
+        names: dict[str, Any] = self.shell.user_ns
+        return names
 
-        value = self._name(text, "MODEL")
-        if not isinstance(value, torch.nn.Module):
-            raise UsageError(
-                f"{text} is a {type(value).__name__}, not an nn.Module{self._suggest(text, modules_only=True)}"
-            )
-        return value
+    @property
+    def _namespace(self) -> Namespace:
+        """The user namespace, where the options' names and expressions are resolved."""
+        from .namespace import Namespace
 
-    def _name(self, text: str, role: str) -> Any:
-        """Resolve ``name`` or ``name.attr.attr`` in the user namespace, without eval."""
-        if not _NAME.fullmatch(text):
-            raise UsageError(f"{role} must be a name such as model or trainer.model, not {text!r}")
-        head, *attrs = text.split(".")
-        if head not in self.shell.user_ns:
-            raise UsageError(
-                f"name {head!r} is not defined{self._suggest(head, modules_only=role == 'MODEL')}"
-            )
-        value = self.shell.user_ns[head]
-        for i, attr in enumerate(attrs):
-            if not hasattr(value, attr):
-                from .engine.errors import did_you_mean
+        assert self.shell is not None
+        return Namespace(self.shell.user_ns, self.shell.user_global_ns, self.eval_samples or None)
 
-                owner = ".".join([head, *attrs[:i]])
-                hint = did_you_mean(attr, [a for a in dir(value) if not a.startswith("_")])
-                raise UsageError(f"{owner} has no attribute {attr!r}{hint}")
-            value = getattr(value, attr)
-        return value
 
-    def _suggest(self, name: str, modules_only: bool) -> str:
+def _sweep_arguments(line: str) -> Any:
+    """The options of ``%prune sensitivity``/``explore``; an error names the nearest option."""
+    try:
+        return parse_argstring(sweep_options, line)
+    except UsageError as exc:
         from .engine.errors import did_you_mean
 
-        candidates = model_names(self.shell.user_ns) if modules_only else list(self.shell.user_ns)
-        hint = did_you_mean(name, candidates)
-        if hint or not modules_only:
-            return hint
-        return (
-            f" (nn.Modules here: {', '.join(candidates[:8])})"
-            if candidates
-            else " (no nn.Module is defined yet)"
-        )
-
-    def _evaluate(self, args: Any) -> tuple[Any, Any]:
-        """The eval function and the data (for steps that need data) the options name.
-
-        ``--data`` alone also gives the metric (built-in accuracy); beside ``--eval`` it is
-        only the steps' data.
-        """
-        if args.eval_fn:
-            fn = self._name(args.eval_fn, "--eval")
-            if not callable(fn):
-                raise UsageError(
-                    f"--eval {args.eval_fn} is a {type(fn).__name__}; give a function FN(model) -> float"
-                )
-            return fn, self._expression(args.data, "--data") if args.data else None
-        if args.data:
-            from .engine.evaluate import accuracy
-
-            data = self._expression(args.data, "--data")
-            return accuracy(data, self.eval_samples or None), data
-        return None, None
-
-    def _expression(self, text: str, option: str) -> Any:
-        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # magic_arguments keeps quotes
-            text = text[1:-1]
-        try:
-            return eval(text, self.shell.user_global_ns, self.shell.user_ns)
-        except Exception as exc:
-            raise UsageError(f"{option} {text}: {type(exc).__name__}: {exc}") from None
-
-    def _expand(self, cell: str) -> str:
-        """Replace ``{expr}`` in the recipe by its value in the namespace."""
-        lines = cell.splitlines()
-        for number, text in enumerate(lines, start=1):
-            code = text.split("#", 1)[0]
-
-            def value(match: re.Match[str], number: int = number) -> str:
-                expr = match.group(1)
-                try:
-                    return str(eval(expr, self.shell.user_global_ns, self.shell.user_ns))
-                except Exception as exc:
-                    raise UsageError(
-                        f"line {number}: cannot expand {{{expr}}}: {type(exc).__name__}: {exc}"
-                    ) from None
-
-            lines[number - 1] = _EXPAND.sub(value, code) + text[len(code) :]
-        return "\n".join(lines)
-
-
-class _SweepParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        from .engine.errors import did_you_mean
-
-        options = [o for action in self._actions for o in action.option_strings]
+        message = str(exc)
+        parser = vars(sweep_options)["parser"]  # (what magic_arguments built)
+        options = [o for action in parser._actions for o in action.option_strings]
         unknown = re.findall(r"(--?[\w-]+)", message.partition("unrecognized arguments:")[2])
         hint = did_you_mean(unknown[0], options) if unknown else ""
         message = _quote_hint(message, message)
-        raise UsageError(f"%prune sensitivity: {message}{hint} (options: {' '.join(options)})")
-
-
-_SWEEP = _SweepParser(prog="%prune sensitivity", add_help=False)
-_SWEEP.add_argument("model")
-_SWEEP.add_argument("--eval", dest="eval_fn", metavar="FN")
-_SWEEP.add_argument("--data", metavar="DATA")
-_SWEEP.add_argument("--levels", default="0.1,0.3,0.5,0.7,0.9")
-_SWEEP.add_argument("--step", choices=("clip", "structured"), default="clip")
-_SWEEP.add_argument("--layers")
-_SWEEP.add_argument("--exclude")
-_SWEEP.add_argument("--example-input", metavar="EXPR")
-_SWEEP.add_argument("--tolerance", type=float, default=0.01)
-_SWEEP.add_argument("-o", "--output", metavar="NAME")
+        raise UsageError(f"%prune sensitivity: {message}{hint} (options: {' '.join(options)})") from None
 
 
 def _quote_hint(message: str, line: str) -> str:
@@ -437,106 +400,8 @@ def _quote_hint(message: str, line: str) -> str:
 
 
 def _patterns(text: str | None) -> list[str] | None:
+    text = unquoted(text) if text else text
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
-
-
-class _Live:
-    """An output that updates in place while work runs: a display in a notebook, a ``\\r`` line elsewhere."""
-
-    def __init__(self, every: float) -> None:
-        self.handle: Any = None
-        self.every, self.last, self.printed = every, 0.0, False
-        self.kernel = "ipykernel" in sys.modules and getattr(get_ipython(), "kernel", None) is not None
-
-    def due(self, now: bool = False) -> bool:
-        """Whether to redraw: at most once every ``every`` seconds, unless ``now``."""
-        tick = time.monotonic()
-        if not now and tick - self.last < self.every:
-            return False
-        self.last = tick
-        return True
-
-    def line(self, text: str) -> None:
-        print(f"\r{text}".ljust(100), end="", flush=True)
-        self.printed = True
-
-    def put(self, obj: Any, raw: bool = False) -> None:
-        if self.handle is None:
-            self.handle = display(obj, raw=raw, display_id=True)
-        else:
-            self.handle.update(obj, raw=raw)
-
-    def end_line(self) -> None:
-        if self.printed:
-            print()
-            self.printed = False
-
-
-class _LiveDisplay(_Live):
-    """Shows a sweep while it runs: its chart filling in (notebook) or a progress line."""
-
-    def __init__(self) -> None:
-        super().__init__(every=1.0)  # the chart fills in about once a second
-
-    def show(self, view: Any, partial: Any) -> None:
-        view.result, view.running = partial, True
-        points = sum(m is not None for ms in partial.curves.values() for m in ms)
-        total = len(partial.curves) * len(partial.levels)
-        if not self.kernel:
-            self.line(f"sensitivity [{'#' * (20 * points // total):<20}] {points}/{total} points")
-        elif self.due():
-            self.put(view)
-
-    def done(self, view: Any) -> None:
-        view.running = False
-        self.end_line()
-        if self.handle is None:
-            display(view)
-        else:
-            self.handle.update(view)
-
-
-class _TrainingProgress(_Live):
-    """While a step trains: a progress bar that updates in place (notebook) or a progress line."""
-
-    def __init__(self) -> None:
-        super().__init__(every=0.5)
-
-    def __call__(self, progress: Any) -> None:
-        if not self.due(now=progress.point is not None):
-            return
-        from .widgets import _progress_text
-
-        text = _progress_text(progress)
-        if not self.kernel:
-            self.line(text)
-            return
-        total = progress.total or progress.done
-        bar = f"<progress value='{progress.done}' max='{total}'></progress> <code>{html.escape(text)}</code>"
-        self.put({"text/html": bar, "text/plain": text}, raw=True)
-
-    def close(self) -> None:
-        """Take the bar away: the result shows the whole curve."""
-        self.end_line()
-        if self.handle is not None:
-            self.handle.update({"text/plain": "", "text/html": ""}, raw=True)
-
-
-def _histograms(model: Any) -> dict[str, Any]:
-    """Magnitude histograms of the model's weights, by parameter name (int8 ones dequantized)."""
-    from .engine.report import histogram
-    from .widgets import _weight
-
-    names = [name for name, _ in model.named_parameters() if name.endswith("weight")]
-    return {name: histogram(_weight(model, name)) for name in names}
-
-
-def model_names(namespace: dict[str, Any]) -> list[str]:
-    """Names of the nn.Module instances in ``namespace`` (none before torch is imported)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return []
-    return sorted(k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, torch.nn.Module))
 
 
 def completer(shell: InteractiveShell) -> Any:

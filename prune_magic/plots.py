@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 
 from .engine import PruneResult, Report
 from .engine.report import Histogram
-from .engine.result import metric_changes
 from .engine.sensitivity import Sensitivity
 
 KEPT, REMOVED = "#4c72b0", "#dd8452"
@@ -88,7 +87,8 @@ def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
     """One line per layer: the metric after pruning only that layer, against the level."""
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
-    ax.set_prop_cycle(color=colormaps["tab10" if len(result.curves) <= 10 else "tab20"].colors)
+    palette = colormaps["tab10" if len(result.curves) <= 10 else "tab20"]
+    ax.set_prop_cycle(color=[palette(i) for i in range(palette.N)])
     levels = [100 * v for v in result.levels]
     for layer, metrics in result.curves.items():
         points = [(x, m) for x, m in zip(levels, metrics, strict=True) if m is not None]
@@ -131,19 +131,21 @@ def training_chart(result: PruneResult) -> Figure:
     steps = [s for s in result.steps if s.curve]
     points = [p for s in steps for p in s.curve]
     metric = all(isinstance(p.metric, float) for p in points)
-    before = metric_changes(result.metric_before, result.metric_after, result.metric_name) if metric else []
-    labels = ["cell start"] if before else []
-    values = [before[0][1]] if before else []
+    measured = result.metrics() if metric else []
+    start = measured[0].before if measured else None
+    labels = ["cell start"] if start is not None else []
+    values = [start] if start is not None else []
     for p in points:
         labels.append(p.label)
-        values.append(p.metric if metric else p.loss)  # type: ignore[arg-type]
+        value = p.metric if metric else p.loss
+        values.append(value if isinstance(value, float) else math.nan)  # (a gap, as None would be)
     fig = Figure(figsize=(max(4.2, 0.5 * len(labels) + 1.5), 3.0))
     fig.subplots_adjust(left=0.16, right=0.86, bottom=0.28, top=0.88)
     ax = fig.subplots()
     xs = range(len(values))
     ax.plot(xs, values, marker="o", markersize=4, color=KEPT, label=result.metric_name if metric else "loss")
-    if before:
-        ax.axhline(before[0][1], color="black", linewidth=0.8, linestyle="--", label="before the cell")
+    if start is not None:
+        ax.axhline(start, color="black", linewidth=0.8, linestyle="--", label="before the cell")
     ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(result.metric_name if metric else "training loss")
     ax.grid(alpha=0.3)
@@ -160,7 +162,7 @@ def training_chart(result: PruneResult) -> Figure:
         ax.set_zorder(twin.get_zorder() + 1)  # the legend and the metric above the sparsity line
         ax.patch.set_visible(False)
         lines = ax.get_lines() + twin.get_lines()
-        ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")
+        ax.legend(lines, [str(line.get_label()) for line in lines], fontsize=7, loc="best")
     else:
         ax.legend(fontsize=7, loc="best")
     kinds = ", ".join(dict.fromkeys(s.step.kind if s.step.kind != "clip" else "gradual clip" for s in steps))

@@ -1,279 +1,21 @@
-"""What a ``%%prune`` cell shows: a summary, the per-layer table and the sparsity chart.
-
-:class:`PruneView` renders as one rich output whose bundle carries ``text/html`` (with the
-chart inline), ``image/png`` and ``text/plain``, so it reads the same in JupyterLab, in a
-terminal, after nbconvert and in static viewers. It is the object the interactive
-dashboard grows from.
+"""The live views: the ``%%prune`` dashboard (sliders re-apply the cell's recipe, buttons undo)
+and the explorer of a sensitivity sweep. Both run their work on a thread of their own and show
+a static view (:mod:`.views`) to viewers without widgets.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import threading
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import plots
-from .engine import PruneResult, Report
-from .engine.report import SPARSE_FORMAT, format_bytes, format_count
-from .engine.result import describe_curve, metric_changes
+from .engine import PruneResult, Recipe
+from .engine.report import SPARSE_FORMAT, format_bytes
 from .engine.sensitivity import Sensitivity
-
-
-@dataclass
-class PruneView:
-    """The display of one :class:`~prune_magic.PruneResult` for the model named ``name``."""
-
-    result: PruneResult
-    name: str
-    charts: bool = True
-    _png: bytes | None = field(default=None, repr=False)
-
-    def summary(self) -> list[tuple[str, str]]:
-        """(label, value) pairs: the facts at the top of the cell's output."""
-        r = self.result
-        facts = [("model", self.name), ("recipe", "; ".join(str(s.step) for s in r.steps))]
-        if r.before is not None and r.after is not None:
-            b, a = r.before, r.after
-            facts += [
-                ("params", _change(b.params, a.params)),
-                ("nonzero", f"{b.nonzero:,} → {a.nonzero:,}"),
-                ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%}"),
-                ("size", _size(b, a)),
-            ]
-            if b.macs is not None and a.macs is not None:
-                note = "" if self.structured else " (zeros in dense weights still cost MACs)"
-                facts.append(("MACs", f"{format_count(b.macs)} → {format_count(a.macs)} per forward{note}"))
-            if r.latency_before is not None and r.latency_after is not None:
-                facts.append(
-                    (
-                        "latency",
-                        f"{r.latency_before * 1e3:.2f} ms → {r.latency_after * 1e3:.2f} ms"
-                        f" ({r.latency_before / r.latency_after:.2f}x faster; measured on this CPU)",
-                    )
-                )
-            if self.structured:
-                facts.append(
-                    (
-                        "why",
-                        "removing a layer's output channels also removes the next layer's inputs:"
-                        " half the channels of a stack of layers is about three quarters of its parameters",
-                    )
-                )
-        if r.metric_before is not None and r.metric_after is not None:
-            changes = metric_changes(r.metric_before, r.metric_after, r.metric_name)
-            facts += [(k, f"{b:.4g} → {a:.4g} ({a - b:+.4g})") for k, b, a in changes]
-        for s in r.steps:
-            if s.quantized is not None:
-                facts.append(("quantized", s.quantized.line()))
-            elif s.curve:
-                facts.append(("trained", _trained(s)))
-        notes = [line for line in r.lines() if line.startswith(("warning:", "note:", "re-run:", "dry run:"))]
-        facts += [("note", n) for n in notes]
-        facts.append(("time", f"{r.seconds:.2f} s"))
-        return facts
-
-    @property
-    def structured(self) -> bool:
-        """Whether a step removed channels (then widths, not zeros, are the story)."""
-        return any(s.removals for s in self.result.steps)
-
-    def png(self) -> bytes | None:
-        r = self.result
-        if not self.charts or r.after is None:
-            return None
-        if self._png is None:
-            if self.structured and r.before is not None:
-                figure = plots.width_chart(r.after, r.before)
-            else:
-                figure = plots.sparsity_chart(r.after, r.before)
-            self._png = plots.png(figure)
-        return self._png
-
-    def training_png(self) -> bytes | None:
-        """The recovery curve (metric after each epoch or gradual step), when a step trained."""
-        if not self.charts or not any(s.curve for s in self.result.steps):
-            return None
-        return plots.png(plots.training_chart(self.result))
-
-    def __str__(self) -> str:
-        width = max(len(k) for k, _ in self.summary())
-        lines = [f"{k.rjust(width)}  {v}" for k, v in self.summary()]
-        if self.result.after is not None:
-            lines += ["", str(self.result.after)]
-        return "\n".join(lines)
-
-    def summary_html(self) -> str:
-        """The summary as an HTML table."""
-        rows = "".join(
-            f"<tr><th style='text-align:right'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
-            for k, v in self.summary()
-        )
-        return f"<table class='prune-magic-summary'>{rows}</table>"
-
-    def _repr_html_(self) -> str:
-        parts = [self.summary_html()]
-        image = self.png()
-        if image is not None:
-            data = base64.b64encode(image).decode()
-            alt = "width per layer" if self.structured else "sparsity per layer"
-            parts.append(f"<img alt='{alt}' src='data:image/png;base64,{data}'/>")
-        training = self.training_png()
-        if training is not None:
-            data = base64.b64encode(training).decode()
-            parts.append(f"<img alt='recovery curve' src='data:image/png;base64,{data}'/>")
-        if self.result.after is not None:
-            parts.append(
-                f"<details><summary>per-layer table</summary>{self.result.after._repr_html_()}</details>"
-            )
-        return "<div class='prune-magic'>" + "".join(parts) + "</div>"
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle: dict[str, Any] = {"text/plain": str(self), "text/html": self._repr_html_()}
-        image = self.png()
-        if image is not None:
-            bundle["image/png"] = base64.b64encode(image).decode()
-        return bundle
-
-
-def _trained(step: Any) -> str:
-    took = f"{step.seconds:.1f} s" if step.seconds >= 0.1 else f"{step.seconds * 1e3:.0f} ms"
-    return f"{step.step}: {describe_curve(step)} ({took})"
-
-
-def _size(before: Report, after: Report) -> str:
-    dense = (
-        f"{format_bytes(after.dense_bytes)} dense (unchanged: zeros are still stored)"
-        if before.dense_bytes == after.dense_bytes
-        else f"{format_bytes(before.dense_bytes)} → {format_bytes(after.dense_bytes)} dense"
-    )
-    return f"{dense}; {format_bytes(before.sparse_bytes)} → {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
-
-
-def _change(before: int, after: int) -> str:
-    if before == after or not before:
-        return f"{after:,}"
-    return f"{before:,} → {after:,} ({after / before - 1:+.1%})"
-
-
-@dataclass
-class SweepView:
-    """The display of a sensitivity sweep: curves per layer, the table and the budget recipe."""
-
-    result: Sensitivity
-    name: str
-    tolerance: float = 0.01
-    charts: bool = True
-    running: bool = False  # a sweep still in progress: show how far it got
-
-    def progress(self) -> tuple[int, int]:
-        """(points measured, points in the sweep)."""
-        curves = self.result.curves.values()
-        return sum(m is not None for c in curves for m in c), len(self.result.curves) * len(
-            self.result.levels
-        )
-
-    def _budget(self) -> str:
-        recipe = self.result.recipe(self.tolerance)
-        if not recipe:
-            return f"no layer can be pruned at {self.result.levels[0]:.0%} within {self.tolerance:g} of the baseline"
-        return recipe
-
-    def __str__(self) -> str:
-        return (
-            f"{self.result}\n\nper-layer budget (highest level within {self.tolerance:g} of the baseline),"
-            f" as a recipe to paste into a %%prune {self.name} cell:\n{self._budget()}"
-        )
-
-    def png(self) -> bytes | None:
-        return plots.png(plots.sensitivity_chart(self.result, self.tolerance)) if self.charts else None
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle: dict[str, Any] = {"text/plain": str(self)}
-        image = self.png()
-        parts = []
-        if image is not None:
-            data = base64.b64encode(image).decode()
-            bundle["image/png"] = data
-            parts.append(f"<img alt='sensitivity per layer' src='data:image/png;base64,{data}'/>")
-        if self.running:
-            done, total = self.progress()
-            parts.insert(
-                0, f"<p><progress value='{done}' max='{total}'></progress> {done}/{total} points</p>"
-            )
-        parts.append(self.result._repr_html_())
-        parts.append(
-            f"<p>Per-layer budget (highest level within {self.tolerance:g} of the baseline), as a recipe:</p>"
-            f"<pre class='prune-magic-budget'>{html.escape(self._budget())}</pre>"
-        )
-        bundle["text/html"] = "<div class='prune-magic'>" + "".join(parts) + "</div>"
-        return bundle
-
-
-class _Worker:
-    """Runs a dashboard's actions one at a time on a thread of its own.
-
-    The kernel stays free to handle the next widget message while the model is re-pruned
-    and re-evaluated, and moves are debounced: a slider move replaces a move still waiting,
-    so dragging through ten values costs at most two re-applies, not ten. A cell waits
-    for the worker before it runs (:func:`wait_for_updates`), so code never sees a model
-    in the middle of an update.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: list[tuple[str, Callable[[], None]]] = []
-        self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
-        _WORKERS.add(self)
-
-    def submit(self, kind: str, task: Callable[[], None]) -> None:
-        """Queue ``task``; a waiting task of kind ``"update"`` is replaced by a newer one."""
-        with self._lock:
-            if kind == "update":
-                self._queue = [(k, t) for k, t in self._queue if k != "update"]
-            self._queue.append((kind, task))
-            if self._thread is None:
-                self._idle.clear()
-                self._thread = threading.Thread(target=self._run, name="prune-magic-dashboard", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._thread = None
-                    self._idle.set()
-                    return
-                _, task = self._queue.pop(0)
-            task()
-
-    @property
-    def busy(self) -> bool:
-        return not self._idle.is_set()
-
-    @property
-    def waiting(self) -> int:
-        """Actions queued behind the one running."""
-        with self._lock:
-            return len(self._queue)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every queued action has run; False if ``timeout`` passed first."""
-        return self._idle.wait(timeout)
-
-
-_WORKERS: weakref.WeakSet[_Worker] = weakref.WeakSet()
-
-
-def wait_for_updates(timeout: float | None = None) -> None:
-    """Wait until no dashboard is re-pruning a model (called before every cell runs)."""
-    for worker in list(_WORKERS):
-        worker.wait(timeout)
+from .views import PruneView, SweepView, dequantized_weight, progress_text
+from .worker import Worker
 
 
 class PruneDashboard:
@@ -283,15 +25,15 @@ class PruneDashboard:
     before the cell (the engine's tagged steps: the cell's previous run is undone first, in
     one transaction), evaluates, and redraws. If anything fails, the model stays at the
     last good state and the error shows in the dashboard. Sliders update on release; the
-    work runs on a thread of the dashboard's own (see :class:`_Worker`), "updating…" shows
-    meanwhile, and :meth:`wait` blocks until it is done.
+    work runs on a thread of the dashboard's own (:class:`~prune_magic.worker.Worker`),
+    "updating…" shows meanwhile, and :meth:`wait` blocks until it is done.
     """
 
     def __init__(
         self,
         result: PruneResult,
         name: str,
-        rerun: Rerun,
+        rerun: PruneCall,
         charts: bool = True,
         start: dict[str, Any] | None = None,
     ) -> None:
@@ -300,7 +42,7 @@ class PruneDashboard:
 
         self.start = start or {}
         self.name, self.rerun, self.charts = name, rerun, charts
-        self.worker = _Worker()
+        self.worker = Worker()
         self.view = PruneView(result, name, charts)
         self.recipe = result.recipe
         self.tried: list[tuple[float, float]] = []  # (slider value, metric) of the points tried
@@ -320,7 +62,7 @@ class PruneDashboard:
                 if bounds is None:
                     continue
                 slider = w.FloatSlider(
-                    value=float(value), min=bounds[0], max=bounds[1], step=bounds[2],
+                    value=step.number(option), min=bounds[0], max=bounds[1], step=bounds[2],
                     description=f"{step.kind} {option}" if len(self.recipe.steps) == 1 else f"{i + 1}: {option}",
                     continuous_update=False, readout_format=".3g", style={"description_width": "initial"},
                 )  # fmt: skip
@@ -375,7 +117,7 @@ class PruneDashboard:
             steps[index] = steps[index].replace(**{option: value})
         self._busy(True)
         try:
-            result = self.rerun("\n".join(str(s) for s in steps))
+            result = self.rerun(Recipe(tuple(steps)))
         except Exception as exc:  # the engine rolled back: the model is at the last good state
             self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
             return
@@ -412,7 +154,7 @@ class PruneDashboard:
         if progress.point is None and now - self._last_progress < 0.25:
             return
         self._last_progress = now
-        self.status.value = f"<i>updating… {html.escape(_progress_text(progress))}</i>"
+        self.status.value = f"<i>updating… {html.escape(progress_text(progress))}</i>"
 
     def _busy(self, busy: bool) -> None:
         # the sliders stay live (a move while busy is queued, and replaces one still waiting)
@@ -444,7 +186,7 @@ class PruneDashboard:
             return
         from .engine.report import histogram
 
-        weight = _weight(self.rerun.model, self.layer.value)
+        weight = dequantized_weight(self.rerun.model, self.layer.value)
         if weight is None:  # the layer is gone (undo across a structured step, say)
             return
         now = histogram(weight)
@@ -460,8 +202,9 @@ class PruneDashboard:
 
 
 @dataclass
-class Rerun:
-    """Applies a cell's recipe again, as the cell would (same model, eval, input and tag)."""
+class PruneCall:
+    """A ``pm.prune`` call with everything but the recipe fixed: applies a cell's recipe again, as
+    the cell would (same model, eval, input and tag)."""
 
     model: Any
     evaluate: Any = None
@@ -472,12 +215,13 @@ class Rerun:
     loss: Any = None
     progress: Any = None  # called while a step trains (the dashboard's status line)
 
-    def __call__(self, recipe: str, dry_run: bool = False) -> PruneResult:
+    def __call__(self, recipe: str | Recipe, dry_run: bool = False) -> PruneResult:
         from . import engine
 
+        parsed = engine.parse_recipe(recipe)  # (once: the engine takes the Recipe as it is)
         return engine.prune(
             self.model,
-            recipe,
+            parsed,
             evaluate=self.evaluate,
             example_input=self.example_input,
             tag=self.tag,
@@ -486,10 +230,10 @@ class Rerun:
             train=self.train,
             loss=self.loss,
             progress=self.progress,
-            latency=engine.parse_recipe(recipe).removes_channels,
+            latency=parsed.removes_channels,
         )
 
-    def dry_run(self, recipe: str) -> PruneResult:
+    def dry_run(self, recipe: str | Recipe) -> PruneResult:
         """What ``recipe`` would do, measured, with the model left as it is."""
         return self(recipe, dry_run=True)
 
@@ -509,36 +253,8 @@ def _bounds(option: str, value: object) -> tuple[float, float, float] | None:
 
 
 def _first_metric(result: PruneResult) -> float | None:
-    changes = (
-        metric_changes(result.metric_before, result.metric_after, result.metric_name)
-        if result.metric_before is not None and result.metric_after is not None
-        else []
-    )
-    return changes[0][2] if changes else None
-
-
-def _weight(model: Any, name: str) -> Any:
-    """A weight by name as floats: quantized weights (torch.ao, torchao) dequantized."""
-    from .engine.report import weights
-
-    tensor = dict(weights(model)).get(name)
-    if tensor is not None and (tensor.is_quantized or hasattr(tensor, "qdata")):
-        tensor = tensor.dequantize()
-    return tensor
-
-
-def _progress_text(progress: Any) -> str:
-    """``finetune epochs=2: 31/42 batches`` (and the metric of the last epoch, when there is one)."""
-    done = f"{progress.done}/{progress.total} batches" if progress.total else f"{progress.done} batches"
-    if progress.stage:
-        done = f"{progress.stage}, {done}"
-    point = progress.point
-    metric = (
-        f"; {point.label}: {point.metric:.4g}"
-        if point is not None and isinstance(point.metric, float)
-        else ""
-    )
-    return f"{progress.step}: {done}{metric}"
+    metrics = result.metrics()
+    return metrics[0].after if metrics else None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -551,14 +267,16 @@ class ExploreView:
 
     Each layer's amount follows the global slider (sensitive layers get less) until its
     own slider is moved, which pins it. The metric is first estimated from the sweep, then
-    measured by a dry run (the model does not change); Apply writes the per-layer recipe
-    into the model as one undoable call.
+    measured by a dry run (the model does not change) on a thread of the view's own, as the
+    dashboard's re-runs are (a move replaces a measurement still waiting); Apply writes the
+    per-layer recipe into the model as one undoable call.
     """
 
-    def __init__(self, sweep: Sensitivity, name: str, rerun: Rerun, charts: bool = True) -> None:
+    def __init__(self, sweep: Sensitivity, name: str, rerun: PruneCall, charts: bool = True) -> None:
         import ipywidgets as w
 
         self.sweep, self.name, self.rerun, self.charts = sweep, name, rerun, charts
+        self.worker = Worker()  # dry runs off the kernel's thread: a slider move returns at once
         self.pinned: dict[str, float] = {}
         self._quiet = False  # set while the global slider moves the layer sliders
         self.overall = w.FloatSlider(
@@ -586,12 +304,12 @@ class ExploreView:
         self.overall.observe(lambda _: self._spread(), "value")
         for layer, slider in self.layers.items():
             slider.observe(self._pin(layer), "value")
-        self.apply_button.on_click(lambda _: self._apply())
+        self.apply_button.on_click(lambda _: self.worker.submit("apply", lambda: self._apply(self.recipe())))
         self.box = w.VBox(
             [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
              w.HBox([self.apply_button, self.status])]
         )  # fmt: skip
-        self._spread()
+        self._spread(now=True)  # (the first measurement in the cell, on the kernel's thread)
 
     def amounts(self) -> dict[str, float]:
         return {layer: round(slider.value, 4) for layer, slider in self.layers.items()}
@@ -599,7 +317,7 @@ class ExploreView:
     def recipe(self) -> str:
         return "\n".join(f"clip amount={a:g} layers={layer}" for layer, a in self.amounts().items() if a > 0)
 
-    def _spread(self) -> None:
+    def _spread(self, now: bool = False) -> None:
         allocation = self.sweep.allocate(self.overall.value, self.pinned)
         self._quiet = True
         try:
@@ -607,7 +325,7 @@ class ExploreView:
                 self.layers[layer].value = amount
         finally:
             self._quiet = False
-        self._update()
+        self._update(now)
 
     def _pin(self, layer: str) -> Any:
         def moved(change: dict[str, Any]) -> None:
@@ -618,7 +336,13 @@ class ExploreView:
 
         return moved
 
-    def _update(self) -> None:
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the queued measurements and Apply have run."""
+        return self.worker.wait(timeout)
+
+    def _update(self, now: bool = False) -> None:
+        """The estimate at once; the measurement (a dry run) on the worker, the latest move winning
+        (``now``: here, as the cell that builds the view does)."""
         amounts = self.amounts()
         self.estimate.value = html.escape(
             f"estimated {self.sweep.metric_name}: {self.sweep.estimate(amounts):.4g}"
@@ -630,13 +354,20 @@ class ExploreView:
             self.measured.value = ""
             return
         self.status.value = "<i>measuring…</i>"
+        if now:
+            self._measure(recipe)
+        else:
+            self.worker.submit("update", lambda: self._measure(recipe))
+
+    def _measure(self, recipe: str) -> None:
         try:
             result = self.rerun.dry_run(recipe)
         except Exception as exc:
             self.measured.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
             return
         finally:
-            self.status.value = ""
+            if not self.worker.waiting:
+                self.status.value = ""
         metric = _first_metric(result)
         after = result.after
         facts = [f"measured {self.sweep.metric_name}: {metric:.4g}" if metric is not None else ""]
@@ -647,9 +378,9 @@ class ExploreView:
             )
         self.measured.value = html.escape("; ".join(f for f in facts if f))
 
-    def _apply(self) -> None:
+    def _apply(self, recipe: str) -> None:
         try:
-            result = self.rerun(self.recipe())
+            result = self.rerun(recipe)
         except Exception as exc:
             self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
             return

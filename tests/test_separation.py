@@ -34,3 +34,9 @@ def test_the_package_exposes_the_engine_api() -> None:
     for name in prune_magic.engine.__all__:
         assert getattr(prune_magic, name) is getattr(prune_magic.engine, name)
     assert set(prune_magic.engine.__all__) <= set(dir(prune_magic))
+
+
+def test_the_static_views_need_no_ipywidgets() -> None:
+    """A terminal or nbconvert shows a cell's output through prune_magic.views alone."""
+    modules = imported_after("import prune_magic.views")
+    assert "matplotlib" in modules and "ipywidgets" not in modules

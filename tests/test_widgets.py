@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prune_magic as pm
-from prune_magic.widgets import PruneDashboard, Rerun
+from prune_magic.widgets import PruneCall, PruneDashboard
 from tests.conftest import same_bits, state
 
 
@@ -25,7 +25,7 @@ def dashboard(mlp):
     from prune_magic.engine.report import histogram
 
     start = {n: histogram(p) for n, p in mlp.named_parameters() if n.endswith("weight")}
-    rerun = Rerun(mlp, agreement, tag="cell-1")
+    rerun = PruneCall(mlp, agreement, tag="cell-1")
     result = rerun("clip amount=0.5 scope=global")
     return PruneDashboard(result, "mlp", rerun, start=start), mlp, calls
 
@@ -86,7 +86,7 @@ def test_static_viewers_get_text_html_and_png_beside_the_widget(dashboard) -> No
 
 
 def test_threshold_and_sigma_get_sliders_too(mlp) -> None:
-    rerun = Rerun(mlp, tag="c")
+    rerun = PruneCall(mlp, tag="c")
     board = PruneDashboard(rerun("clip threshold=0.02\nclip sigma=0.5 layers=out"), "mlp", rerun)
     assert set(board.sliders) == {(0, "threshold"), (1, "sigma")}
     board.sliders[1, "sigma"].value = 1.0
@@ -131,8 +131,9 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
 
     sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
     before = state(mlp)
-    view = ExploreView(sweep, "mlp", Rerun(mlp, agreement, tag="explore"))
-    view.overall.value = 0.6
+    view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"))
+    view.overall.value = 0.6  # returns at once: the dry run is on the view's thread
+    assert view.wait(30)
     amounts = view.amounts()
     total = sum(sweep.sizes.values())
     assert sum(a * sweep.sizes[layer] for layer, a in amounts.items()) == pytest.approx(0.6 * total, rel=0.02)
@@ -143,6 +144,7 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
     view.overall.value = 0.7
     assert view.layers["out"].value == 0.0
     view.apply_button.click()
+    assert view.wait(30)
     steps = len(pm.history(mlp))
     assert f"applied as {steps} step(s); %prune undo mlp {steps} takes it back" in view.status.value
     assert sum(int((t.param == 0).sum()) for t in pm.select(mlp)) > 0.6 * total
@@ -151,9 +153,33 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
     assert same_bits(mlp, before)
 
 
+def test_explore_measures_off_the_kernels_thread(mlp) -> None:
+    import threading
+
+    from prune_magic.widgets import ExploreView
+
+    x = torch.randn(64, 64)
+    y = mlp(x).argmax(1)
+    release, measuring = threading.Event(), threading.Event()
+
+    def agreement(model):
+        if threading.current_thread() is not threading.main_thread():
+            measuring.set()
+            release.wait(10)
+        return float((model(x).argmax(1) == y).float().mean())
+
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6), stop_below=-1)
+    view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"), charts=False)
+    view.overall.value = 0.4  # returns while the dry run waits on the view's thread
+    assert measuring.wait(10) and view.worker.busy and "measuring" in view.status.value
+    release.set()
+    assert view.wait(30) and "measured agreement" in view.measured.value
+    assert view.status.value == ""
+
+
 def test_a_running_sweep_shows_a_progress_bar() -> None:
     from prune_magic.engine.sensitivity import Sensitivity
-    from prune_magic.widgets import SweepView
+    from prune_magic.views import SweepView
 
     partial = Sensitivity("clip", (0.5, 0.9), 1.0, {"a": [0.9, None], "b": [None, None]})
     view = SweepView(partial, "m", running=True, charts=False)
@@ -173,7 +199,7 @@ def test_a_slider_move_evaluates_once(dashboard) -> None:
 
 def test_a_structured_recipe_gets_a_slider_that_reshapes_the_model(cnn) -> None:
     x = torch.randn(4, 1, 8, 8)
-    rerun = Rerun(cnn, example_input=x, tag="s")
+    rerun = PruneCall(cnn, example_input=x, tag="s")
     board = PruneDashboard(rerun("structured amount=0.5"), "cnn", rerun)
     assert cnn.features[0].out_channels == 4
     board.sliders[0, "amount"].value = 0.25
@@ -198,7 +224,7 @@ def test_a_training_recipe_shows_its_recovery_curve_and_progress(mlp) -> None:
     def agreement(model):
         return float((model(x).argmax(1) == y).float().mean())
 
-    rerun = Rerun(mlp, agreement, tag="cell-2", train=(x, y))
+    rerun = PruneCall(mlp, agreement, tag="cell-2", train=(x, y))
     result = rerun("clip amount=0.8 scope=global\nfinetune epochs=2")
     board = PruneDashboard(result, "mlp", rerun)
     assert board.training.layout.display is None and board.training.value
@@ -214,7 +240,7 @@ def test_a_training_recipe_shows_its_recovery_curve_and_progress(mlp) -> None:
 
 
 def test_the_histogram_reads_quantized_weights(mlp) -> None:
-    rerun = Rerun(mlp, tag="cell-3")
+    rerun = PruneCall(mlp, tag="cell-3")
     result = rerun("clip amount=0.5\nquantize int8 backend=torch")
     board = PruneDashboard(result, "mlp", rerun)
     assert board.layer.options and board.histogram.value  # dequantized int8 weights, drawn
@@ -232,13 +258,13 @@ def test_moves_run_off_the_kernels_thread_and_the_latest_move_wins(mlp) -> None:
         release.wait(10)
         return float((model(x) != 0).float().mean())
 
-    rerun = Rerun(mlp, slow, tag="cell-4")
+    rerun = PruneCall(mlp, slow, tag="cell-4")
     release.set()
     board = PruneDashboard(rerun("clip amount=0.5 scope=global"), "mlp", rerun)
     applied: list[str] = []
     original = rerun.__call__
 
-    class Counting(Rerun):
+    class Counting(PruneCall):
         def __call__(self, recipe, dry_run=False):  # type: ignore[no-untyped-def]
             applied.append(recipe)
             return original(recipe, dry_run)
@@ -254,7 +280,7 @@ def test_moves_run_off_the_kernels_thread_and_the_latest_move_wins(mlp) -> None:
     assert board.worker.waiting == 1
     release.set()
     assert board.wait(30)
-    assert [r.split()[1] for r in applied] == ["amount=0.6", "amount=0.9"]
+    assert [str(r).split()[1] for r in applied] == ["amount=0.6", "amount=0.9"]  # (parsed recipes)
     seen = [v for v, _ in board.tried]
     assert seen == [0.6, 0.9]
     assert zeros(mlp) == round(0.9 * sum(t.param.numel() for t in pm.select(mlp)))
@@ -266,7 +292,7 @@ def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
 
     from IPython.core.interactiveshell import InteractiveShell
 
-    from prune_magic import widgets
+    from prune_magic import worker
 
     release = threading.Event()
 
@@ -274,7 +300,7 @@ def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
         release.wait(10)
         return 1.0
 
-    rerun = Rerun(mlp, slow, tag="cell-5")
+    rerun = PruneCall(mlp, slow, tag="cell-5")
     release.set()
     board = PruneDashboard(rerun("clip amount=0.5 scope=global"), "mlp", rerun)
     release.clear()
@@ -293,7 +319,7 @@ def test_a_cell_waits_for_a_dashboard_update_to_finish(mlp) -> None:
     assert (
         shell.user_ns["zeros_seen"] == zeros(mlp) == round(0.8 * sum(t.param.numel() for t in pm.select(mlp)))
     )
-    assert not board.worker.busy and widgets._WORKERS
+    assert not board.worker.busy and worker._WORKERS
 
 
 def test_the_recipe_line_has_no_float_noise_from_the_slider(dashboard) -> None:
@@ -313,7 +339,7 @@ def test_the_histogram_draws_a_cut_only_for_a_recipe_that_clips(mlp, monkeypatch
         plots, "magnitude_histogram", lambda h, layer, cut=None: (cuts.append(cut), draw(h, layer, cut))[1]
     )
     pm.prune(mlp, "clip amount=0.5")  # an earlier cell clipped
-    rerun = Rerun(mlp, tag="cell-6")
+    rerun = PruneCall(mlp, tag="cell-6")
     PruneDashboard(rerun("quantize bits=8"), "mlp", rerun)
-    PruneDashboard(rerun("clip amount=0.7"), "mlp", Rerun(mlp, tag="cell-7"))
+    PruneDashboard(rerun("clip amount=0.7"), "mlp", PruneCall(mlp, tag="cell-7"))
     assert cuts[0] is None and isinstance(cuts[-1], float)

@@ -17,13 +17,14 @@ Torch-Pruning (DepGraph) does the tracing and the coupling; around it, this modu
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.metadata
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import torch
 from torch import nn
@@ -93,8 +94,6 @@ _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape)
 def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[tuple[int, ...]]]:
     """Build the dependency graph; return it and the shapes of the outputs its trace saw (so
     no extra forward pass is needed for them)."""
-    from torch_pruning.dependency import index_mapping, shape_infer
-
     shapes: list[tuple[int, ...]] = []
 
     def forward(module: nn.Module, inputs: list[Any]) -> Any:
@@ -115,10 +114,57 @@ def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[t
             # Torch-Pruning's shape inference gave up on this cat: its sizes are known from
             # the trace, so map indices through it (its check against the consumer's width
             # fails when a flatten follows, which is what skipped it)
-            node.module.concat_sizes = recorded.sizes[node.grad_fn]
-            with mock.patch.object(shape_infer, "infer_in_channels_recursively", return_value=None):
-                index_mapping.update_concat_index_mapping(graph, node)
+            _map_concat(node, recorded.sizes[node.grad_fn])
     return graph, shapes
+
+
+#: The Torch-Pruning versions whose ``update_concat_index_mapping`` :func:`_map_concat` follows
+#: (read again before the pin moves on; a test checks that the installed version is one of them).
+CONCAT_MAPPING_VERSIONS = ((1, 6),)
+
+
+@functools.cache
+def torch_pruning_version() -> tuple[int, int]:
+    """(major, minor) of the installed Torch-Pruning, from its metadata (its ``__version__``
+    lags behind: 1.6.1 says 1.6.0)."""
+    major, minor, *_ = importlib.metadata.version("torch-pruning").split(".")
+    return int(major), int(minor)
+
+
+def _map_concat(node: Any, sizes: list[int]) -> None:
+    """Map channel indices through a cat whose input sizes the trace recorded.
+
+    What Torch-Pruning's ``update_concat_index_mapping`` does once a cat's sizes are known,
+    less its check of their sum against the width its shape inference finds downstream
+    (a flatten after the cat fails that check, which is what left the cat unmapped). On a
+    Torch-Pruning this does not follow, the cat stays unmapped: its layers are kept whole.
+    """
+    from torch_pruning.dependency import MAX_VALID_DIM, index_mapping
+
+    node.module.concat_sizes = sizes
+    if torch_pruning_version() not in CONCAT_MAPPING_VERSIONS:
+        return
+    dim = getattr(node.grad_fn, "_saved_dim", 1)
+    if dim != 1 and dim < MAX_VALID_DIM:  # (a cat along another dimension than the channels)
+        return
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    node.module.offsets = offsets
+    if not node.enable_index_mapping:
+        return
+    # the cat's dependencies on its inputs map back (reverse), each input's on the cat forward;
+    # an input that comes twice (cat([x, x])) takes the next unaddressed dependency each time
+    for reverse in (True, False):
+        addressed: set[int] = set()
+        for i, source in enumerate(node.inputs):
+            deps, target = (node.dependencies, source) if reverse else (source.dependencies, node)
+            for dep in deps:
+                if id(dep) not in addressed and dep.target == target:
+                    mapping = index_mapping._ConcatIndexMapping(offset=offsets[i : i + 2], reverse=reverse)
+                    dep.index_mapping[1] = mapping
+                    addressed.add(id(dep))
+                    break
 
 
 def output_layers(graph: Any) -> set[nn.Module]:

@@ -1,4 +1,8 @@
-"""Built-in metrics: top-1 accuracy on a DataLoader or an ``(X, y)`` pair.
+"""Metrics: what an eval function may return, and the built-in top-1 accuracy on a DataLoader
+or an ``(X, y)`` pair.
+
+>>> metric_changes({"acc": 0.9, "loss": 0.3}, {"acc": 0.8})
+[('acc', 0.9, 0.8)]
 
 >>> import torch
 >>> from torch import nn
@@ -12,7 +16,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -21,6 +26,36 @@ from torch import nn
 from .errors import PruneError
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Metric = float | dict[str, float]
+Evaluate = Callable[[nn.Module], object]
+
+
+def as_metric(value: object) -> Metric | None:
+    """A float or a {name: float} dict from what an eval function returned, else None."""
+    if isinstance(value, Mapping):
+        metrics = {str(k): as_metric(v) for k, v in value.items()}
+        if not metrics or any(not isinstance(v, float) for v in metrics.values()):
+            return None
+        return metrics  # type: ignore[return-value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[tuple[str, float, float]]:
+    """(name, before, after) for each metric measured both times."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [(k, before[k], after[k]) for k in before if k in after]
+    if isinstance(before, float) and isinstance(after, float):
+        return [(name, before, after)]
+    return []
+
+
+def metric_name(evaluate: Evaluate | None) -> str:
+    name = getattr(evaluate, "__name__", "")
+    return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"
 
 
 def accuracy(

@@ -21,41 +21,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from .clip import apply_clip
 from .errors import PruneError
-from .evaluate import check_reusable, eval_mode
+from .evaluate import Evaluate, Metric, as_metric, check_reusable, eval_mode, metric_name
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import Entry, begin, commit, history, redo, rewind, sync_versions, taint, undo
-from .quantize import apply_quantize
 from .recipe import Recipe, Step, parse_recipe
-from .reparam import check_directions, refresh, sync_masks, zero_masked
+from .reparam import refresh
 from .report import fits, latency
 from .report import report as _measure
-from .result import (
-    Evaluate,
-    Metric,
-    PruneResult,
-    StepResult,
-    as_metric,
-    metric_name,
-)
+from .result import PruneResult, StepResult
 from .selection import Target, notes, select
 from .snapshot import Record, deferred_interrupt, restore_all, signature
-from .structured import Removal, apply_structured
-from .train import (
-    Loss,
-    Point,
-    Progress,
-    Training,
-    clip_gradually,
-    distill,
-    finetune,
-    full_records,
-    gradual,
+from .steps import (
+    apply_step,
+    clips,
+    needs_calibration_data,
+    needs_record,
+    needs_teacher,
     needs_training_data,
-    rebuild,
+    prunes,
+    select_targets,
+    selects_weights,
 )
-from .wanda import apply_wanda
+from .train import Loss, Progress, Training, rebuild
 
 __all__ = ["EvaluationError", "PruneResult", "StepResult", "prune", "undo"]
 
@@ -122,7 +110,7 @@ def prune(
     check_model(model)
     parsed = parse_recipe(recipe)
     # every pattern and every input is checked before anything changes
-    selected = [_select(model, step) for step in parsed.steps]
+    selected = [select_targets(model, step) for step in parsed.steps]
     _check_inputs(model, parsed, train, data, undo or dry_run)
     step_notes = _notes(model, parsed)  # (on the model as it is: later steps may replace layers)
     if example_input is not None and not report:  # (the report's MAC count checks it otherwise)
@@ -223,10 +211,10 @@ def _notes(model: nn.Module, recipe: Recipe) -> tuple[str, ...]:
     """What each clip-like step's selection skipped or shares (tied weights), once each."""
     found: dict[str, None] = {}
     for step in recipe.steps:
-        if step.kind in ("clip", "quantize"):
-            layers = step.options.get("layers")
-            targets = select(model, layers, step.options.get("exclude"))  # type: ignore[arg-type]
-            found.update(dict.fromkeys(notes(model, targets, layers)))  # type: ignore[arg-type]
+        if selects_weights(step):
+            layers = step.patterns("layers")
+            targets = select(model, layers, step.patterns("exclude"))
+            found.update(dict.fromkeys(notes(model, targets, layers)))
     return tuple(found)
 
 
@@ -267,14 +255,6 @@ def _known_start(rewound: list[Entry], evaluate: Evaluate | None) -> Metric | No
     return start[1] if start is not None and evaluate is not None and start[0]() is evaluate else None
 
 
-def _select(model: nn.Module, step: Step) -> list[Target]:
-    layers, exclude = step.options.get("layers"), step.options.get("exclude")
-    try:
-        return select(model, layers, exclude)  # type: ignore[arg-type]
-    except PruneError as exc:
-        raise type(exc)(f"line {step.line}: {exc}") from None
-
-
 def _check_inputs(model: nn.Module, recipe: Recipe, train: object, data: object, keep: bool) -> None:
     """Steps that need data, a teacher or an undo record say so before anything changes."""
     if train is not None:
@@ -287,17 +267,17 @@ def _check_inputs(model: nn.Module, recipe: Recipe, train: object, data: object,
                 f"line {step.line}: {step.kind} trains the model and needs training data:"
                 " pass train=(X, y) or a DataLoader (in %%prune: --train NAME)"
             )
-        if step.options.get("by") == "wanda" and data is None:
+        if needs_calibration_data(step) and data is None:
             raise PruneError(
                 f"line {step.line}: clip by=wanda needs calibration data: pass data=(X, y) or a DataLoader"
                 " (in %%prune: --data NAME)"
             )
-        if step.kind == "distill":
+        if needs_teacher(step):
             if not keep:
                 raise PruneError(
                     f"line {step.line}: distill rebuilds its teacher from the undo records; drop undo=False"
                 )
-            pruned_before = any(s.kind in ("clip", "structured") for s in recipe.steps[:i])
+            pruned_before = any(prunes(s) for s in recipe.steps[:i])
             if not pruned_before and not history(model).entries:
                 raise PruneError(
                     f"line {step.line}: distill trains the pruned model to match the unpruned one, and"
@@ -322,71 +302,41 @@ def _apply(
     """
     started = time.perf_counter()
     if targets is None:
-        targets = _select(model, step)
-    # only a plain clip may go without a record (a failed forward check, a long training run
-    # or a quantization must be able to roll back); without one, don't stop half-way
-    recorded = keep or step.kind != "clip" or gradual(step)
+        targets = select_targets(model, step)
+    recorded = keep or needs_record(step)
     entry = Entry(str(step), [], math.nan, 0.0, undoable=recorded, before=signature(model))
     done.append(entry)
-    records: list[Any] | None = entry.records if recorded else None
-    if step.kind == "clip":
+    if clips(step):
         entry.clipped = tuple(t.name for t in targets)
-        zero_masked(model, targets, records)  # layers under torch.nn.utils.prune (see reparam)
-    removals: tuple[Removal, ...] = ()
-    curve: tuple[Point, ...] = ()
-    quantized = None
-    zeros: int | None = None
     training.clipped = [n for e in (*history(model).entries, *done) for n in e.clipped]
-    if step.kind in ("finetune", "distill") or gradual(step):
-        entry.records.extend(full_records(model))
-    if step.kind == "finetune":
-        curve = finetune(model, step, training)
-    elif step.kind == "distill":
-        training.teacher = lambda: rebuild(model, _records_before(model, done[:-1]))
-        curve = distill(model, step, training)
-    elif gradual(step):
-        zeros, curve = clip_gradually(model, step, targets, training)
-    elif step.kind == "quantize":
-        quantized = apply_quantize(model, step, targets, entry.records)
-    else:
-        with nullcontext() if recorded else deferred_interrupt():
-            zeros, removals = apply_step(model, step, targets, records, example_input, data)
-    if step.kind == "clip":
-        sync_masks(model, targets, records)
-        check_directions(model, targets)
-    if removals:  # (a quantize step's targets are the float weights it kept in its record)
-        targets = _select(model, step)
-    entry.sparsity = _sparsity(targets, zeros)
+    training.teacher = lambda: rebuild(model, _records_before(model, done[:-1]))  # (for distill)
+    # without a record, a step must not stop half-way
+    with nullcontext() if recorded else deferred_interrupt():
+        applied = apply_step(
+            model, step, targets, entry.records if recorded else None, example_input, data, training
+        )
+    if applied.removals:  # (a quantize step's targets are the float weights it kept in its record)
+        targets = select_targets(model, step)
+    entry.sparsity = _sparsity(targets, applied.zeros)
     entry.seconds = time.perf_counter() - started
     changed = sum(r.changed for r in entry.records) if entry.undoable and keep else None
     names = tuple(t.name for t in targets)
-    return StepResult(step, names, entry.sparsity, entry.seconds, changed, removals, curve, quantized)
+    return StepResult(
+        step,
+        names,
+        entry.sparsity,
+        entry.seconds,
+        changed,
+        applied.removals,
+        applied.curve,
+        applied.quantized,
+    )
 
 
 def _records_before(model: nn.Module, done: list[Entry]) -> list[Record]:
     """What undoes this call's steps so far, or, when there are none, every step in the history."""
     entries = [e for e in done if e.records] or history(model).entries
     return [r for e in entries for r in e.records]
-
-
-def apply_step(
-    model: nn.Module,
-    step: Step,
-    targets: list[Target],
-    records: list[Any] | None,
-    example_input: object = None,
-    data: object = None,
-) -> tuple[int | None, tuple[Removal, ...]]:
-    """Apply one parsed step to ``targets``, recording what changes in ``records``.
-
-    Returns the zeros among the targets when known without a pass (clip amount steps) and
-    the channels removed (structured steps).
-    """
-    if step.kind == "structured":
-        return None, tuple(apply_structured(model, step, targets, example_input, records, data))
-    if step.options.get("by") == "wanda":
-        return apply_wanda(model, step, targets, records, data), ()
-    return apply_clip(step, targets, records), ()
 
 
 def _rollback(model: nn.Module, done: list[Entry], rewound: list[Entry]) -> list[Entry]:

@@ -60,7 +60,7 @@ def apply_quantize(
 ) -> Quantized:
     """Quantize ``targets`` as ``step`` says; append what changed to ``records``."""
     if "bits" in step.options:
-        return _fake(step, targets, records, int(step.options["bits"]))  # type: ignore[arg-type]
+        return _fake(step, targets, records, step.count("bits"))
     names = tuple(t.name.rpartition(".")[0] for t in targets if t.name.endswith("weight"))
     modules = {name: model.get_submodule(name) for name in names}
     linear = tuple(name for name, m in modules.items() if type(m) is nn.Linear)
@@ -73,7 +73,7 @@ def apply_quantize(
         raise PruneError(
             f"line {step.line}: quantize int8 runs on the CPU; move the model first (model.cpu())"
         )
-    backend = str(step.options.get("backend", "auto"))
+    backend = step.word("backend", "auto")
     if backend == "auto":
         backend = "torchao" if importlib.util.find_spec("torchao") else "torch"
     before = state_dict_bytes(model)

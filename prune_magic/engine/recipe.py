@@ -170,9 +170,52 @@ class Step:
     def __str__(self) -> str:
         schema = SCHEMAS.get(self.kind)
         bare = {option: word for word, option in schema.words.items()} if schema else {}
+        words = [bare.get((k, v)) if isinstance(v, str) else None for k, v in self.options.items()]
         return " ".join(
-            [self.kind, *(bare.get((k, v)) or f"{k}={_render(v)}" for k, v in self.options.items())]  # type: ignore[arg-type]
+            [self.kind, *(w or f"{k}={_render(v)}" for w, (k, v) in zip(words, self.options.items()))]
         )
+
+    def number(self, key: str, default: float | None = None) -> float:
+        """A numeric option (``amount``, ``threshold``, ``lr``...) as a float, else ``default``.
+
+        >>> parse_step("clip amount=80%").number("amount")
+        0.8
+        """
+        value = self._option(key, ("fraction", "nonnegative", "positive", "count"), default)
+        assert isinstance(value, float | int)
+        return float(value)
+
+    def count(self, key: str, default: int | None = None) -> int:
+        """A whole-number option (``epochs``, ``steps``, ``bits``...), else ``default``."""
+        value = self._option(key, ("count",), default)
+        assert isinstance(value, int)
+        return value
+
+    def word(self, key: str, default: str | None = None) -> str:
+        """A choice option (``scope``, ``by``, ``importance``...), else ``default``."""
+        value = self._option(key, ("choice",), default)
+        assert isinstance(value, str)
+        return value
+
+    def patterns(self, key: str) -> tuple[str, ...] | None:
+        """A ``layers=``/``exclude=`` option's patterns, or None when it is not given (or the step
+        takes none: a finetune step works on the whole model)."""
+        if key not in self.options:
+            return None
+        value = self._option(key, ("patterns",), None)
+        assert isinstance(value, tuple)
+        return value
+
+    def _option(self, key: str, kinds: tuple[OptionKind, ...], default: Value | None) -> Value:
+        """The option's value; the schema must declare ``key`` of one of ``kinds`` (else it is a bug)."""
+        schema = SCHEMAS.get(self.kind)
+        option = schema.options.get(key) if schema is not None else None
+        if option is None or option.kind not in kinds:
+            raise KeyError(f"{self.kind} has no {' or '.join(kinds)} option {key!r}")
+        value = self.options.get(key, default)
+        if value is None:
+            raise KeyError(f"{self.kind} step has no {key}= and no default")
+        return value
 
     def replace(self, **options: Value) -> Step:
         """Return a copy with some options changed (validated like parsed text)."""

@@ -1,29 +1,46 @@
 """What a :func:`~prune_magic.engine.prune.prune` call did: per-step results, the reports and
-metrics before and after, and the summary lines that say it (rendered as text and HTML).
-
->>> metric_changes({"acc": 0.9, "loss": 0.3}, {"acc": 0.8})
-[('acc', 0.9, 0.8)]
+metrics before and after, the changes and notes they add up to, and the summary lines that say it
+(as text; :mod:`prune_magic.views` draws the same facts as an HTML table).
 """
 
 from __future__ import annotations
 
 import html
-import numbers
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import torch
-from torch import nn
-
+from .evaluate import Metric, metric_changes
 from .quantize import Quantized
 from .recipe import Recipe, Step
 from .report import Report
 from .structured import Removal
 from .train import Point
 
-Metric = float | dict[str, float]
-Evaluate = Callable[[nn.Module], object]
+#: Why a structured step removes more parameters than its amount: said in the text and the dashboard.
+WHY_STRUCTURED = (
+    "removing a layer's output channels also removes the next layer's inputs, so half the channels is"
+    " about three quarters of the parameters of a stack of layers"
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A quantity measured before and after the call: a metric, the MACs or the latency."""
+
+    name: str
+    before: float
+    after: float
+
+
+@dataclass(frozen=True)
+class Note:
+    """What to know beside the numbers; ``str()`` gives ``kind: text``."""
+
+    kind: Literal["dry run", "re-run", "warning", "note"]
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.text}"
 
 
 @dataclass(frozen=True)
@@ -59,13 +76,57 @@ class PruneResult:
     latency_after: float | None = None
     notes: tuple[str, ...] = ()  # about the selection: layers skipped and why, tied weights
 
-    def lines(self) -> list[str]:
-        """The summary, one fact a line."""
+    @property
+    def structured(self) -> bool:
+        """Whether a step removed channels (then widths, not zeros, are the story)."""
+        return any(s.removals for s in self.steps)
+
+    def metrics(self) -> list[Change]:
+        """Each metric measured before and after (one, named :attr:`metric_name`, or a dict's)."""
+        if self.metric_before is None or self.metric_after is None:
+            return []
+        changes = metric_changes(self.metric_before, self.metric_after, self.metric_name)
+        return [Change(name, before, after) for name, before, after in changes]
+
+    def macs(self) -> Change | None:
+        """MACs per forward of the example input, when one was given."""
+        b, a = self.before, self.after
+        if b is None or a is None or b.macs is None or a.macs is None:
+            return None
+        return Change("MACs", b.macs, a.macs)
+
+    def latency(self) -> Change | None:
+        """Seconds per forward of the example input (structured steps), measured."""
+        if self.latency_before is None or self.latency_after is None:
+            return None
+        return Change("latency", self.latency_before, self.latency_after)
+
+    def remarks(self) -> list[Note]:
+        """What to know beside the numbers: a dry run, a re-run, warnings and notes, in that order."""
         out = []
         if self.dry_run:
-            out.append("dry run: the model was not changed")
+            out.append(Note("dry run", "the model was not changed"))
         if self.replaced:
-            out.append(f"re-run: first undid the {self.replaced} step(s) this cell applied last time")
+            out.append(Note("re-run", f"first undid the {self.replaced} step(s) this cell applied last time"))
+        if self.after is not None:
+            dead = [r.name for r in self.after.rows if r.sparsity == 1 and r.name.endswith("weight")]
+            if dead:
+                out.append(
+                    Note(
+                        "warning",
+                        f"{', '.join(dead)} now entirely zero (the layer passes on only its bias);"
+                        " exclude it or use scope=layer",
+                    )
+                )
+        out.extend(Note("note", n) for n in self.notes)
+        if self.note:
+            out.append(Note("note", self.note))
+        return out
+
+    def lines(self) -> list[str]:
+        """The summary, one fact a line."""
+        remarks = self.remarks()
+        out = [str(n) for n in remarks if n.kind in ("dry run", "re-run")]
         out.extend(_step_line(s) for s in self.steps)
         if self.before is not None and self.after is not None:
             b, a = self.before, self.after
@@ -73,23 +134,24 @@ class PruneResult:
                 f"nonzero {b.nonzero:,} -> {a.nonzero:,} of {a.params:,} params "
                 f"(sparsity {b.sparsity:.1%} -> {a.sparsity:.1%})"
             )
-        if any(s.removals for s in self.steps) and self.before is not None and self.after is not None:
-            out.extend(_structured_lines(self))
-        if self.metric_before is not None and self.metric_after is not None:
-            out.extend(
-                f"{k} {b:.4g} -> {a:.4g} ({a - b:+.4g})"
-                for k, b, a in metric_changes(self.metric_before, self.metric_after, self.metric_name)
-            )
-        if self.after is not None:
-            dead = [r.name for r in self.after.rows if r.sparsity == 1 and r.name.endswith("weight")]
-            if dead:
+            if self.structured:
                 out.append(
-                    f"warning: {', '.join(dead)} now entirely zero (the layer passes on only its bias);"
-                    " exclude it or use scope=layer"
+                    f"params {b.params:,} -> {a.params:,} ({a.params / b.params - 1:+.1%}): {WHY_STRUCTURED}"
                 )
-        out.extend(f"note: {n}" for n in self.notes)
-        if self.note:
-            out.append(f"note: {self.note}")
+                macs, latency = self.macs(), self.latency()
+                if macs is not None:
+                    out.append(
+                        f"MACs {int(macs.before):,} -> {int(macs.after):,} ({macs.after / macs.before - 1:+.1%})"
+                    )
+                if latency is not None:
+                    out.append(
+                        f"latency {latency.before * 1e3:.2f} ms -> {latency.after * 1e3:.2f} ms per forward"
+                        f" of the example input ({latency.before / latency.after:.2f}x faster, CPU, measured)"
+                    )
+        out.extend(
+            f"{m.name} {m.before:.4g} -> {m.after:.4g} ({m.after - m.before:+.4g})" for m in self.metrics()
+        )
+        out.extend(str(n) for n in remarks if n.kind in ("warning", "note"))
         return out
 
     def __repr__(self) -> str:
@@ -108,34 +170,6 @@ class PruneResult:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in self.lines())
         table = self.after._repr_html_() if self.after is not None else ""
         return f"<ul>{items}</ul>{table}"
-
-
-def as_metric(value: object) -> Metric | None:
-    """A float or a {name: float} dict from what an eval function returned, else None."""
-    if isinstance(value, Mapping):
-        metrics = {str(k): as_metric(v) for k, v in value.items()}
-        if not metrics or any(not isinstance(v, float) for v in metrics.values()):
-            return None
-        return metrics  # type: ignore[return-value]
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
-        return float(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[tuple[str, float, float]]:
-    """(name, before, after) for each metric measured both times."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [(k, before[k], after[k]) for k in before if k in after]
-    if isinstance(before, float) and isinstance(after, float):
-        return [(name, before, after)]
-    return []
-
-
-def metric_name(evaluate: Evaluate | None) -> str:
-    name = getattr(evaluate, "__name__", "")
-    return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"
 
 
 def _step_line(s: StepResult) -> str:
@@ -176,21 +210,3 @@ def describe_curve(s: StepResult) -> str:
     if last.loss is not None:
         text += f"; last training loss {last.loss:.4g}"
     return text
-
-
-def _structured_lines(r: PruneResult) -> list[str]:
-    assert r.before is not None and r.after is not None
-    b, a = r.before, r.after
-    lines = [
-        f"params {b.params:,} -> {a.params:,} ({a.params / b.params - 1:+.1%}): removing a layer's output"
-        " channels also removes the next layer's inputs, so half the channels is about three quarters"
-        " of the parameters of a stack of layers"
-    ]
-    if b.macs is not None and a.macs is not None:
-        lines.append(f"MACs {b.macs:,} -> {a.macs:,} ({a.macs / b.macs - 1:+.1%})")
-    if r.latency_before is not None and r.latency_after is not None:
-        lines.append(
-            f"latency {r.latency_before * 1e3:.2f} ms -> {r.latency_after * 1e3:.2f} ms per forward"
-            f" of the example input ({r.latency_before / r.latency_after:.2f}x faster, CPU, measured)"
-        )
-    return lines

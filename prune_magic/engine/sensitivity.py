@@ -17,14 +17,8 @@ Each point prunes one layer in place, evaluates and puts the layer back bit for 
 (no copy of the model). Three things keep a sweep fast:
 
 - the modules that finish before the pruned layer starts give the same outputs at every
-  level: the baseline evaluation records every module's output (by reference, no copy)
-  and each level replays the outermost ones that end before its layer, so only the layer
-  and the rest of the network run, from the first level on. Version counters tell when
-  something changed a recorded output in place (an in-place ReLU, a residual ``+=``):
-  that module then runs for real. It needs an eval function that feeds the same inputs
-  each time: they are compared exactly (keywords too), and replay is off for an
-  evaluation that feeds others. Nothing is replayed before a layer whose weights a module
-  uses earlier (tied weights);
+  level: the baseline evaluation records them and each level replays them, so only the
+  layer and the rest of the network run (:mod:`.replay` says when it cannot);
 - a layer's sweep stops once its metric collapses (``stop_below``);
 - the baseline is measured once, and a clip puts back only the layer's tensors, from a
   copy taken once per layer.
@@ -42,21 +36,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import PruneError
-from .evaluate import eval_mode
+from .evaluate import as_metric, eval_mode, metric_name
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import sync_versions, taint
-from .prune import apply_step
 from .recipe import Step, parse_step
+from .replay import NoPrefix, Plan, Prefix, Recording
 from .report import fits
-from .result import as_metric, metric_name
 from .selection import Target, select
 from .snapshot import Record, deferred_interrupt, restore_all, signature
+from .steps import cut, select_targets
 
 Progress = Callable[["Sensitivity"], None]
 
@@ -269,7 +262,7 @@ def _sensitivity(
 ) -> Sensitivity:
     started = time.perf_counter()
     # clip leaves everything before the layer as it is: the baseline records what to replay
-    recording = _Recording(model, names) if step == "clip" and executor is None else None
+    recording = Recording(model, names) if step == "clip" and executor is None else None
     with recording if recording is not None else contextlib.nullcontext():
         baseline = measure(model)
     plans = recording.finish(names) if recording is not None else {}
@@ -310,12 +303,12 @@ def _sweep_in_place(
     limit: float,
     result: Sensitivity,
     progress: Progress | None,
-    plans: dict[str, _Plan],
+    plans: dict[str, Plan],
 ) -> None:
     for name in names:
-        targets = select(model, steps[name, levels[0]].options.get("layers"))  # type: ignore[arg-type]
+        targets = select_targets(model, steps[name, levels[0]])
         # structured steps reshape the layer's input side too: only clip can replay a prefix
-        with _Prefix(model, name, plans[name]) if plans.get(name) else _NoPrefix() as prefix:
+        with Prefix(model, name, plans[name]) if plans.get(name) else NoPrefix() as prefix:
             saved = _Saved(targets) if result.step == "clip" else None
             for i, level in enumerate(levels):
                 records: list[Record] = []
@@ -323,7 +316,7 @@ def _sweep_in_place(
                 prefix.rewind()
                 try:
                     if saved is not None:  # clip changes only the layer's weights: put them back from a copy
-                        apply_step(model, steps[name, level], targets, None)
+                        cut(model, steps[name, level], targets, None)
                     else:
                         _apply(model, steps[name, level], records, example_input, data)
                     metric = measure(model)
@@ -352,7 +345,7 @@ class _Saved:
 
 
 def _apply(model: nn.Module, step: Step, records: list[Record], example_input: object, data: object) -> None:
-    apply_step(model, step, select(model, step.options.get("layers")), records, example_input, data)  # type: ignore[arg-type]
+    cut(model, step, select_targets(model, step), records, example_input, data)
 
 
 def _point(
@@ -386,299 +379,3 @@ def _sweep_with(
     finally:
         for future in futures.values():
             future.cancel()
-
-
-class _Output:
-    """One recorded module output (see :class:`_Recording`).
-
-    It is handed out as it is, without a copy, while nothing changed it in place: the
-    version counters of its tensors tell. Once something did (a ``+=`` after the call, an
-    in-place ReLU), the module runs for real again and copies are handed out from then on.
-    """
-
-    __slots__ = ("copies", "value", "versions")
-
-    def __init__(self, value: Any) -> None:
-        try:
-            self.value, self.versions, self.copies = value, _versions(value), False
-        except RuntimeError:  # inference-mode tensors have no version counter: keep a copy now
-            self.value, self.versions, self.copies = _copy(value), (), True
-
-    def intact(self) -> bool:
-        return self.copies or _versions(self.value) == self.versions
-
-    def take(self, run: Callable[[], Any]) -> Any:
-        if self.copies:
-            return _copy(self.value)
-        if _versions(self.value) == self.versions:
-            return self.value
-        out = run()  # changed in place since it was recorded: compute it again, keep a copy
-        self.value, self.copies = _copy(out), True
-        return out
-
-
-@dataclass(eq=False)
-class _Call:
-    module: nn.Module
-    root: int  # which call of the model it belongs to
-    start: int
-    end: int
-    enclosing: tuple[nn.Module, ...]  # the modules whose calls were open around it
-    output: _Output | None  # None: an output the replay cannot check (not tensors, tuples, lists)
-
-
-class _Recording:
-    """Every module call inside each call of the model during the baseline evaluation.
-
-    The baseline runs the unpruned model, so the outputs of the calls that end before a
-    layer's first call (in each call of the model) are what those calls give at every level
-    of that layer: :class:`_Prefix` replays them. The outputs are kept by reference (no
-    copy); version counters later tell whether something changed one in place. The model's
-    inputs are copied, to check that later evaluations feed the same ones.
-    """
-
-    def __init__(self, model: nn.Module, layers: list[str]) -> None:
-        self.model = model
-        self.targets = {model.get_submodule(n) for n in layers}
-        self.calls: list[_Call] = []
-        self.inputs: list[tuple[Any, Any]] = []  # per call of the model: its (args, kwargs), copied
-        self.first: list[dict[nn.Module, int]] = []  # per call of the model: when each target started
-        self.open: list[tuple[nn.Module, int]] = []
-        self.active = False
-        self.clock = 0
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> _Recording:
-        self.handles.append(self.model.register_forward_pre_hook(self._enter_model, with_kwargs=True))
-        self.handles.append(self.model.register_forward_hook(self._leave_model, always_call=True))
-        for module in self.model.modules():
-            if module is not self.model:
-                self.handles.append(module.register_forward_pre_hook(self._enter))
-                self.handles.append(module.register_forward_hook(self._leave))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with deferred_interrupt():
-            for handle in self.handles:
-                handle.remove()
-        self.handles.clear()
-        self.open.clear()
-
-    def _enter_model(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        self.active = True
-        self.open.clear()
-        self.inputs.append((_snapshot(args), _snapshot(kwargs)))
-        self.first.append({})
-
-    def _leave_model(self, module: nn.Module, args: Any, out: Any) -> None:
-        self.active = False
-
-    def _enter(self, module: nn.Module, args: Any) -> None:
-        if not self.active:
-            return
-        self.clock += 1
-        self.open.append((module, self.clock))
-        if module in self.targets:
-            self.first[-1].setdefault(module, self.clock)
-
-    def _leave(self, module: nn.Module, args: Any, out: Any) -> None:
-        if not self.active or not self.open or self.open[-1][0] is not module:
-            return
-        _, start = self.open.pop()
-        self.clock += 1
-        output = _Output(out) if _tensors(out) is not None else None
-        enclosing = tuple(m for m, _ in self.open)
-        self.calls.append(_Call(module, len(self.inputs) - 1, start, self.clock, enclosing, output))
-
-    def plan(self, layer: str) -> _Plan:
-        """The modules to replay before ``layer``, each with its recorded outputs in call order.
-
-        The outermost modules whose calls all end before the layer's first call (in each
-        call of the model) and whose outputs are unchanged. Nothing when a module called
-        before the layer uses the layer's weights (tied weights change too).
-        """
-        target = self.model.get_submodule(layer)
-        weights = {id(p) for p in target.parameters()}
-        before: dict[nn.Module, list[_Call]] = {}
-        for call in self.calls:
-            if call.end < self.first[call.root].get(target, call.end + 1):
-                before.setdefault(call.module, []).append(call)
-        if any(id(p) in weights for module in before for p in module.parameters()):
-            return _Plan({}, self.inputs)
-        kept = {
-            m for m, calls in before.items() if all(c.output is not None and c.output.intact() for c in calls)
-        }
-        outputs = {
-            module: [c.output for c in before[module] if c.output is not None]
-            for module in kept
-            if not any(m in kept for c in before[module] for m in c.enclosing)
-        }
-        return _Plan(outputs, self.inputs)
-
-    def finish(self, layers: list[str]) -> dict[str, _Plan]:
-        """Each layer's plan; the outputs no plan needs are let go."""
-        plans = {layer: self.plan(layer) for layer in layers}
-        self.calls.clear()
-        return plans
-
-
-@dataclass
-class _Plan:
-    """What to replay before one layer: per module, its recorded outputs in call order."""
-
-    outputs: dict[nn.Module, list[_Output]]
-    inputs: list[tuple[Any, Any]]  # per call of the model: the baseline's (args, kwargs)
-
-    def __bool__(self) -> bool:
-        return bool(self.outputs)
-
-
-class _Prefix:
-    """Replays, for one layer, the outputs of the modules that finish before it (module docs).
-
-    The planned modules' ``forward`` is replaced by a lookup, in call order; :meth:`rewind`
-    starts each evaluation from the first call. A call of the model with other inputs than
-    the baseline's switches the replay off for the rest of that evaluation, and calls
-    after the layer's first call (a reused ReLU, say) run for real.
-    """
-
-    def __init__(self, model: nn.Module, layer: str, plan: _Plan) -> None:
-        self.model, self.target, self.plan = model, model.get_submodule(layer), plan
-        self.position: dict[nn.Module, int] = {}
-        self.calls = 0
-        self.valid = self.active = self.target_seen = False
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> _Prefix:
-        if not self.plan:
-            return self
-        self.handles = [
-            self.model.register_forward_pre_hook(self._enter_model, with_kwargs=True),
-            self.model.register_forward_hook(self._leave_model, always_call=True),
-            self.target.register_forward_pre_hook(self._enter_target),
-        ]
-        for module in self.plan.outputs:
-            module.forward = self._lookup(module)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with deferred_interrupt():
-            for handle in self.handles:
-                handle.remove()
-            for module in self.plan.outputs:
-                vars(module).pop("forward", None)  # back to the class's forward
-
-    def rewind(self) -> None:
-        """A new evaluation starts: replay from the first call again."""
-        self.position.clear()
-        self.calls = 0
-        self.valid, self.active, self.target_seen = True, False, False
-
-    def _enter_model(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        self.active, self.target_seen = True, False
-        inputs = self.plan.inputs
-        if self.valid and (self.calls >= len(inputs) or not _same((args, kwargs), inputs[self.calls])):
-            self.valid = False  # other inputs than the baseline's: run everything for real
-        self.calls += 1
-
-    def _leave_model(self, module: nn.Module, args: Any, out: Any) -> None:
-        self.active = False
-
-    def _enter_target(self, module: nn.Module, args: Any) -> None:
-        self.target_seen = True
-
-    def _lookup(self, module: nn.Module) -> Callable[..., Any]:
-        forward = type(module).forward
-        outputs = self.plan.outputs[module]
-
-        def replay(*args: Any, **kwargs: Any) -> Any:
-            if not (self.active and self.valid) or self.target_seen:
-                return forward(module, *args, **kwargs)
-            i = self.position.get(module, 0)
-            self.position[module] = i + 1
-            if i >= len(outputs):
-                return forward(module, *args, **kwargs)
-            return outputs[i].take(lambda: forward(module, *args, **kwargs))
-
-        return replay
-
-
-def _tensors(value: Any) -> list[torch.Tensor] | None:
-    """The tensors in an output of tensors, tuples, lists and plain values; None for anything else."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if type(value) in (tuple, list):
-        found: list[torch.Tensor] = []
-        for item in value:
-            inner = _tensors(item)
-            if inner is None:
-                return None
-            found += inner
-        return found
-    return [] if value is None or isinstance(value, int | float | bool | str) else None
-
-
-def _versions(value: Any) -> tuple[int, ...]:
-    return tuple(t._version for t in _tensors(value) or ())
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, tuple | list) and type(value) in (tuple, list):
-        return type(value)(_copy(v) for v in value)
-    return value
-
-
-class _Unknown:
-    """An input that could not be copied: equal to nothing, so the replay stays off."""
-
-
-def _snapshot(value: Any) -> Any:
-    """A copy of a model input, to compare later inputs with."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if type(value) in (tuple, list):
-        return type(value)(_snapshot(v) for v in value)
-    if type(value) is dict:
-        return {k: _snapshot(v) for k, v in value.items()}
-    try:
-        return copy.deepcopy(value)
-    except Exception:
-        return _Unknown()
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal inputs: tensors with the same dtype, shape and bits; other values by ``==``."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.dtype == b.dtype
-            and a.shape == b.shape
-            and a.device == b.device
-            and bool(torch.equal(a.detach(), b))
-        )
-    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(b, _Unknown):
-        return False
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
-
-
-class _NoPrefix:
-    """Stands in for :class:`_Prefix` where nothing can be replayed."""
-
-    def __enter__(self) -> _NoPrefix:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def rewind(self) -> None:
-        pass

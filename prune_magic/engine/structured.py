@@ -143,7 +143,7 @@ def _plan(
     ]
     found, kept, errors = groups(graph, ignored, attention, names)
     if found:  # a group Torch-Pruning mapped wrong shows when scored (indices past a layer's end)
-        scored = _scores(tp, str(step.options.get("importance", "l2")), found, model, data)
+        scored = _scores(tp, step.word("importance", "l2"), found, model, data)
         for g, score in zip(found, scored, strict=True):
             if isinstance(score, Exception):
                 errors.append(score)
@@ -167,9 +167,9 @@ def _plan(
     per_group = [s.view(n, -1).mean(0) for s, n in zip(scores, split, strict=True)]
     counts = _counts(
         per_group,
-        float(step.options["amount"]),  # type: ignore[arg-type]
-        str(step.options.get("scope", "layer")),
-        int(step.options.get("round_to", 1)),  # type: ignore[arg-type]
+        step.number("amount"),
+        step.word("scope", "layer"),
+        step.count("round_to", 1),
     )
     removals = []
     for g, s, n, c in zip(found, per_group, split, counts, strict=True):

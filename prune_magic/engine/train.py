@@ -29,13 +29,12 @@ from torch.nn import functional as F
 
 from .clip import apply_clip
 from .errors import PruneError
-from .evaluate import _device, _pair, _to_model, check_targets, is_pair, pair, train_mode
+from .evaluate import Metric, _device, _pair, _to_model, check_targets, is_pair, pair, train_mode
 from .masks import Masks
 from .recipe import Step
 from .selection import Target, select
 from .snapshot import Record, TensorRecord, tensors_by_name
 
-Metric = float | dict[str, float]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 LR = 1e-3
@@ -78,15 +77,6 @@ class Training:
     teacher: Callable[[], nn.Module] | None = None  # builds the unpruned model, for distill
 
 
-def needs_training_data(step: Step) -> bool:
-    return step.kind in ("finetune", "distill") or (step.kind == "clip" and "finetune" in step.options)
-
-
-def gradual(step: Step) -> bool:
-    """A clip step on Zhu & Gupta's schedule (``steps=`` or ``finetune=`` given)."""
-    return step.kind == "clip" and ("steps" in step.options or "finetune" in step.options)
-
-
 def cubic_schedule(initial: float, final: float, steps: int) -> list[float]:
     """Zhu & Gupta (2017): sparsity after step t of K is s_f + (s_i - s_f)(1 - t/K)^3.
 
@@ -104,7 +94,7 @@ def full_records(model: nn.Module) -> list[Record]:
 def finetune(model: nn.Module, step: Step, training: Training) -> tuple[Point, ...]:
     """Train ``epochs`` passes with every clipped weight held at zero."""
     masks = _masks(model, training.clipped)
-    return _epochs(model, step, training, masks, int(step.options["epochs"]))  # type: ignore[arg-type]
+    return _epochs(model, step, training, masks, step.count("epochs"))
 
 
 def distill(model: nn.Module, step: Step, training: Training) -> tuple[Point, ...]:
@@ -114,7 +104,7 @@ def distill(model: nn.Module, step: Step, training: Training) -> tuple[Point, ..
     teacher = training.teacher()
     try:
         masks = _masks(model, training.clipped)
-        return _epochs(model, step, training, masks, int(step.options["epochs"]), teacher)  # type: ignore[arg-type]
+        return _epochs(model, step, training, masks, step.count("epochs"), teacher)
     finally:
         del teacher
 
@@ -123,12 +113,11 @@ def clip_gradually(
     model: nn.Module, step: Step, targets: list[Target], training: Training
 ) -> tuple[int | None, tuple[Point, ...]]:
     """Clip to ``amount`` over ``steps`` steps of the cubic schedule, training ``finetune`` epochs after each."""
-    options = step.options
-    final = float(options["amount"])  # type: ignore[arg-type]
-    count = int(options.get("steps", 1))  # type: ignore[arg-type]
-    epochs = int(options.get("finetune", 0))  # type: ignore[arg-type]
+    final = step.number("amount")
+    count = step.count("steps", 1)
+    epochs = step.count("finetune", 0)
     initial = min(_zeros(targets) / max(1, _numel(targets)), final)
-    single = {k: v for k, v in options.items() if k in ("scope", "layers", "exclude")}
+    single = {k: v for k, v in step.options.items() if k in ("scope", "layers", "exclude")}
     names = [t.name for t in targets]
     started = time.perf_counter()
     points: list[Point] = []
@@ -157,19 +146,18 @@ def _epochs(
     teacher: nn.Module | None = None,
     label: str = "",
 ) -> tuple[Point, ...]:
-    options = step.options
-    lr = float(options.get("lr", LR))  # type: ignore[arg-type]
+    lr = step.number("lr", LR)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PruneError(f"line {step.line}: the model has no parameters that require grad; nothing to train")
-    if options.get("optimizer", "adam") == "sgd":
+    if step.word("optimizer", "adam") == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
     else:
         optimizer = torch.optim.Adam(params, lr=lr)
     handle = optimizer.register_step_post_hook(lambda *_: masks.apply())
     loss_fn = training.loss or F.cross_entropy
-    temperature = float(options.get("temperature", TEMPERATURE))  # type: ignore[arg-type]
-    alpha = float(options.get("alpha", ALPHA))  # type: ignore[arg-type]
+    temperature = step.number("temperature", TEMPERATURE) if teacher is not None else TEMPERATURE
+    alpha = step.number("alpha", ALPHA) if teacher is not None else ALPHA
     total = _length(training.data)
     started = time.perf_counter()
     points = []
@@ -180,7 +168,7 @@ def _epochs(
     forked = [device.index or 0] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=forked):
-            torch.manual_seed(int(options.get("seed", 0)))  # type: ignore[arg-type]
+            torch.manual_seed(step.count("seed", 0))
             for epoch in range(1, epochs + 1):
                 losses = []
                 with train_mode(model):

@@ -95,7 +95,7 @@ def apply_wanda(
     if data is None:
         raise PruneError(f"line {step.line}: by=wanda needs calibration data: pass data= (--data in %%prune)")
     norms = input_norms(model, list(dict.fromkeys(layers.values())), data)
-    amount = float(step.options["amount"])  # type: ignore[arg-type]
+    amount = step.number("amount")
     zeros = 0
     for target in targets:
         param = target.param

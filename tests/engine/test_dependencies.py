@@ -77,3 +77,25 @@ def test_a_search_that_does_not_end_is_a_one_line_refusal(monkeypatch: pytest.Mo
     assert time.perf_counter() - started < 30  # each search would spin for 60 s
     assert "\n" not in str(error.value)
     assert same_bits(model, before)
+
+
+def test_the_concat_mapping_follows_the_installed_torch_pruning() -> None:
+    """dependencies._map_concat copies what Torch-Pruning's update_concat_index_mapping does; a
+    new Torch-Pruning must be read again (and added to CONCAT_MAPPING_VERSIONS) before the pin moves."""
+    assert dependencies.torch_pruning_version() in dependencies.CONCAT_MAPPING_VERSIONS
+
+
+def test_without_the_concat_mapping_a_densenet_keeps_its_concatenated_layers_whole(monkeypatch) -> None:
+    from tests.engine.architectures import DenseNet
+
+    monkeypatch.setattr(dependencies, "CONCAT_MAPPING_VERSIONS", ())
+    model = DenseNet().eval()
+    x = torch.randn(2, 1, 8, 8)
+    before = state(model)
+    try:
+        result = pm.prune(model, "structured amount=0.5", example_input=x)
+    except pm.PruneError:
+        return  # a clear refusal is as good
+    model(x)  # whatever it pruned, the model still runs
+    pm.undo(model)
+    assert same_bits(model, before) and result.steps

@@ -115,6 +115,25 @@ def test_metrics_before_and_after(mlp) -> None:
     assert result.metric_before == {"agree": 1.0}
     assert result.metric_after["agree"] < 1.0
     assert any(line.startswith("agree 1 -> ") for line in result.lines())
+    assert [(m.name, m.before) for m in result.metrics()] == [("agree", 1.0)]
+
+
+def test_the_result_carries_its_notes_as_facts_the_text_and_the_view_both_draw(mlp) -> None:
+    from prune_magic.views import PruneView
+
+    pm.prune(mlp, "clip amount=0.5", tag="cell")
+    result = pm.prune(
+        mlp, "clip amount=1e-9 layers=fc1\nclip threshold=1e9 layers=fc2", dry_run=True, tag="cell"
+    )
+    kinds = [n.kind for n in result.remarks()]
+    assert kinds == ["dry run", "re-run", "warning"]
+    text, view = result.lines(), dict(PruneView(result, "mlp").summary())
+    assert text[:2] == ["dry run: the model was not changed", str(result.remarks()[1])]
+    assert text[-1].startswith("warning: fc2.weight now entirely zero")
+    assert [v for k, v in PruneView(result, "mlp").summary() if k == "note"] == [
+        str(n) for n in result.remarks()
+    ]
+    assert view["sparsity"].endswith("%")
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])

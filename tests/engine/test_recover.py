@@ -495,7 +495,7 @@ def test_the_final_model_is_evaluated_once(model: Digits, train, recipe: str, ca
 
 
 def test_a_gradual_schedule_reports_progress_per_step(model: Digits, train) -> None:  # type: ignore[no-untyped-def]
-    from prune_magic.widgets import _progress_text
+    from prune_magic.views import progress_text as _progress_text
 
     seen: list[Progress] = []
     pm.prune(model, "clip amount=0.8 steps=2 finetune=1", train=train, progress=seen.append)

@@ -201,7 +201,7 @@ def test_an_empty_layer_is_clipped_without_a_fuss():
 
 def test_a_live_cell_after_quantize_int8_still_draws_its_histograms(ip):
     pytest.importorskip("torchao")
-    from prune_magic.magics import _histograms
+    from prune_magic.views import weight_histograms as _histograms
 
     ip.run_cell("%%prune model --quiet\nquantize int8 backend=torchao").raise_error()
     shown = _histograms(ip.user_ns["model"])

@@ -217,13 +217,13 @@ def test_a_loss_that_changes_weights_is_refused(mlp, x):
 
 
 def test_a_dashboard_update_whose_eval_prunes_the_model_is_refused(mlp):
-    from prune_magic.widgets import Rerun
+    from prune_magic.widgets import PruneCall
 
     def nested(m):
         pm.prune(m, "clip amount=0.9")
         return 1.0
 
-    rerun = Rerun(mlp, evaluate=nested, tag="cell:1")
+    rerun = PruneCall(mlp, evaluate=nested, tag="cell:1")
     refused(mlp, lambda: rerun("clip amount=0.5"), "still running", "nested")
 
 
