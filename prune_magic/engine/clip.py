@@ -49,16 +49,16 @@ def apply_clip(step: Step, targets: Sequence[Target], records: list[TensorRecord
     options = step.options
     total = sum(t.param.numel() for t in targets)
     if "amount" in options:
-        amount = float(options["amount"])  # type: ignore[arg-type]
-        if options.get("scope") == "global":
+        amount = step.number("amount")
+        if step.word("scope", "layer") == "global":
             return _clip_count(targets, round(amount * total), records)
         zeros = [_clip_count([t], round(amount * t.param.numel()), records) for t in targets]
         return None if None in zeros else sum(z for z in zeros if z is not None)
     for target in targets:
         if "threshold" in options:
-            threshold = float(options["threshold"])  # type: ignore[arg-type]
+            threshold = step.number("threshold")
         else:
-            threshold = float(options["sigma"]) * layer_std(target.param)  # type: ignore[arg-type]
+            threshold = step.number("sigma") * layer_std(target.param)
         size = chunk_size(target.param.numel())
         _zero_below(target, threshold_key(threshold, target.param.dtype), records, size)
     return None
