@@ -145,14 +145,15 @@ def output_layers(graph: Any) -> set[nn.Module]:
 _HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_groups", "head_dim")
 
 
-def attention_modules(model: nn.Module) -> set[nn.Module]:
-    """Multi-head attention and its projections: heads and the embedding width are kept.
+def attention_modules(model: nn.Module) -> set[nn.Module | nn.Parameter]:
+    """Multi-head attention, its projections and its own parameters (a Swin block's relative
+    position bias table): heads and the embedding width are kept.
 
     Besides ``nn.MultiheadAttention``, any module that counts its heads in an attribute
     (timm's and torchvision's ``Attention``, Hugging Face's self-attention) reshapes its
     projections by head, so removing a channel there would break the reshape.
     """
-    found: set[nn.Module] = set()
+    found: set[nn.Module | nn.Parameter] = set()
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention):
             found.update(m.modules())
@@ -163,16 +164,39 @@ def attention_modules(model: nn.Module) -> set[nn.Module]:
                 c for c in m.children() if isinstance(c, DEFAULT_TYPES) or type(c).__name__ == "Conv1D"
             ]
             found.update(sub for c in projections for sub in c.modules())
+            found.update(p for p in m._parameters.values() if p is not None)
     return found
 
 
+def _reaches(graph: Any, module: nn.Module, fn: Any, attention: set[nn.Module | nn.Parameter]) -> bool:
+    """Whether removing ``module``'s output channels reaches attention, following the graph's
+    dependencies without their index mappings (a bounded walk, where Torch-Pruning's own search
+    through a Swin block's window reshapes does not end)."""
+    start = graph.module2node[module]
+    seen = {(start, fn)}
+    stack = [(start, fn)]
+    while stack:
+        node, handler = stack.pop()
+        for dep in node.dependencies:
+            if dep.is_triggered_by(handler) and (dep.target, dep.handler) not in seen:
+                if dep.target.module in attention:
+                    return True
+                seen.add((dep.target, dep.handler))
+                stack.append((dep.target, dep.handler))
+    return False
+
+
 def groups(
-    graph: Any, ignored: list[nn.Module], attention: set[nn.Module], names: dict[nn.Module, str]
+    graph: Any,
+    ignored: list[nn.Module],
+    attention: set[nn.Module | nn.Parameter],
+    names: dict[nn.Module, str],
 ) -> tuple[list[Any], list[Kept], list[Exception]]:
     """The dependency groups rooted at layers not ``ignored`` (as Torch-Pruning's
     ``get_all_groups``, which skips a group that would shrink an ignored layer's outputs), and
     the selected layers left whole: those whose channels pass a channel shuffle (reordered on
-    the way) and those whose group Torch-Pruning cannot map."""
+    the way) and those whose group Torch-Pruning cannot map. A group that reaches attention is
+    left whole before Torch-Pruning searches it."""
     skip = {id(m) for m in ignored}
     seen: set[int] = set()
     groups, kept, errors = [], [], []
@@ -187,6 +211,8 @@ def groups(
             ):
                 continue
             width = pruner.get_out_channels(module)
+            if attention and _reaches(graph, module, pruner.prune_out_channels, attention):
+                continue
             try:
                 with watchdog.limit(GROUP_SECONDS):
                     group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
