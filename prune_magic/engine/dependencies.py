@@ -106,7 +106,7 @@ def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[t
 
     concat = tp.ops.OPTYPE.CONCAT
     with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
-        graph = tp.DependencyGraph().build_dependency(
+        graph = _graph_with_sizes(tp, recorded).build_dependency(
             model, example_inputs=list(args), forward_fn=forward, verbose=False
         )
     graph.shuffles = {n.module for n in graph.module2node.values() if n.grad_fn in recorded.shuffles}
@@ -119,6 +119,22 @@ def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[t
             with mock.patch.object(shape_infer, "infer_in_channels_recursively", return_value=None):
                 index_mapping.update_concat_index_mapping(graph, node)
     return graph, shapes
+
+
+def _graph_with_sizes(tp: Any, recorded: _Trace) -> Any:
+    """A dependency graph that knows every concatenation's input sizes from the trace before
+    Torch-Pruning maps indices through it: where its shape inference cannot size an input (the
+    strided slices of Swin-S/B's patch merging), it would otherwise add None to an int."""
+    concat = tp.ops.OPTYPE.CONCAT
+
+    class Graph(tp.DependencyGraph):  # type: ignore[misc]
+        def _build_dependency(self, module2node: dict[Any, Any]) -> None:
+            super()._build_dependency(module2node)  # (the nodes, before index mapping)
+            for node in module2node.values():
+                if node.type == concat and node.grad_fn in recorded.sizes:
+                    node.module.concat_sizes = recorded.sizes[node.grad_fn]
+
+    return Graph()
 
 
 def output_layers(graph: Any) -> set[nn.Module]:
