@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/zoo.py [--only NAME,NAME] [--timeout 300] [--memory 8] [--jobs 1]
     .venv/bin/python benchmarks/zoo.py --speed [--repeat 3] [--only ...]
+    .venv/bin/python benchmarks/zoo.py --pm-only --only swin_t,swin_s  # prune_magic's check alone
 
 Every model of ``tests/zoo.py`` (80 torchvision classifiers, 3 torchvision segmentation models,
 11 timm models, 5 Hugging Face transformers from small configs; random weights) is pruned twice,
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--memory", type=float, default=8, help="GiB of address space per child")
     parser.add_argument("--jobs", type=int, default=1, help="models run at once")
     parser.add_argument("--json", default="", help="also write the rows to this file")
+    parser.add_argument("--pm-only", action="store_true", help="run prune_magic's check alone")
     parser.add_argument("--speed", action="store_true", help="time both tools in turns instead")
     parser.add_argument("--repeat", type=int, default=3, help="turns per model with --speed (best kept)")
     args = parser.parse_args()
@@ -131,7 +133,8 @@ def main() -> None:
 
     def both(name: str) -> dict[str, object]:
         pm = run(name, "pm", args.timeout, args.memory)
-        tp = run(name, "tp", args.timeout, args.memory)
+        skipped = {"status": "skipped", "why": "not run (--pm-only)"}
+        tp = skipped if args.pm_only else run(name, "tp", args.timeout, args.memory)
         return {"name": name, "family": models[name].family, "pm": pm, "tp": tp}
 
     print(f"{'model':<36} {'prune_magic':<9} {'s':>7} {'bare s':>7} {'TP':<7} {'s':>7} {'ratio':>6}  why")

@@ -53,3 +53,32 @@ def test_structured_on_a_zoo_model(name: str) -> None:
     if outcome.status == "ok":
         before, after = outcome.params
         assert after < 0.9 * before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [1, 2])
+def test_torchvision_swin_prunes_its_mlps_and_keeps_the_attention_width(version: int) -> None:
+    # Torch-Pruning's search through the shifted windows never ends on the residual stream;
+    # it reaches the attention's relative position bias table, so it is kept whole unsearched
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outcome = zoo.check(zoo.small_swin(version))
+    assert (outcome.status, outcome.why) == ("ok", "")
+    before, after = outcome.params
+    assert after < 0.8 * before
+
+
+@pytest.mark.slow
+def test_swin_s_patch_merging_concatenations_are_sized_from_the_trace() -> None:
+    # deep in Swin-S, Torch-Pruning's shape inference cannot size the strided slices its patch
+    # merging concatenates, and its index mapping added None to an int: a refusal of the model
+    from prune_magic.engine.dependencies import trace
+    from prune_magic.engine.structured import _torch_pruning
+
+    tp = _torch_pruning()
+    z = zoo.catalogue()["swin_s"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph, _ = trace(tp, z.model(), (z.example_input(),))
+    cats = [n.module.concat_sizes for n in graph.module2node.values() if n.type == tp.ops.OPTYPE.CONCAT]
+    assert sorted(cats) == [[96] * 4, [192] * 4, [384] * 4]

@@ -93,6 +93,30 @@ def _tv_seg(name: str) -> Zoo:
     return Zoo(name, "torchvision-seg", build, (1, 3, 64, 64))
 
 
+def small_swin(version: int) -> Zoo:
+    """torchvision's Swin (V1 or V2) at a small size: the same window attention and shifted
+    windows as ``swin_t`` (whose check takes a minute), two stages of two blocks, 32x32 input."""
+
+    def build() -> nn.Module:
+        swin = torchvision().models.swin_transformer
+        v2 = (
+            {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
+            if version == 2
+            else {}
+        )
+        return swin.SwinTransformer(
+            patch_size=[4, 4],
+            embed_dim=32,
+            depths=[2, 2],
+            num_heads=[2, 4],
+            window_size=[4, 4],
+            num_classes=10,
+            **v2,
+        )
+
+    return Zoo(f"swin_v{version}_small", "torchvision", build, (1, 3, 32, 32))
+
+
 TIMM = {
     "resnet18": 64,
     "convnext_atto": 64,

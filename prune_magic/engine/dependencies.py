@@ -105,7 +105,7 @@ def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[t
 
     concat = tp.ops.OPTYPE.CONCAT
     with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
-        graph = tp.DependencyGraph().build_dependency(
+        graph = _graph_with_sizes(tp, recorded).build_dependency(
             model, example_inputs=list(args), forward_fn=forward, verbose=False
         )
     graph.shuffles = {n.module for n in graph.module2node.values() if n.grad_fn in recorded.shuffles}
@@ -167,6 +167,22 @@ def _map_concat(node: Any, sizes: list[int]) -> None:
                     break
 
 
+def _graph_with_sizes(tp: Any, recorded: _Trace) -> Any:
+    """A dependency graph that knows every concatenation's input sizes from the trace before
+    Torch-Pruning maps indices through it: where its shape inference cannot size an input (the
+    strided slices of Swin-S/B's patch merging), it would otherwise add None to an int."""
+    concat = tp.ops.OPTYPE.CONCAT
+
+    class Graph(tp.DependencyGraph):  # type: ignore[misc]
+        def _build_dependency(self, module2node: dict[Any, Any]) -> None:
+            super()._build_dependency(module2node)  # (the nodes, before index mapping)
+            for node in module2node.values():
+                if node.type == concat and node.grad_fn in recorded.sizes:
+                    node.module.concat_sizes = recorded.sizes[node.grad_fn]
+
+    return Graph()
+
+
 def output_layers(graph: Any) -> set[nn.Module]:
     """Layers whose outputs reach the model's output without passing another layer."""
     outputs = set()
@@ -191,14 +207,15 @@ def output_layers(graph: Any) -> set[nn.Module]:
 _HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_groups", "head_dim")
 
 
-def attention_modules(model: nn.Module) -> set[nn.Module]:
-    """Multi-head attention and its projections: heads and the embedding width are kept.
+def attention_modules(model: nn.Module) -> set[nn.Module | nn.Parameter]:
+    """Multi-head attention, its projections and its own parameters (a Swin block's relative
+    position bias table): heads and the embedding width are kept.
 
     Besides ``nn.MultiheadAttention``, any module that counts its heads in an attribute
     (timm's and torchvision's ``Attention``, Hugging Face's self-attention) reshapes its
     projections by head, so removing a channel there would break the reshape.
     """
-    found: set[nn.Module] = set()
+    found: set[nn.Module | nn.Parameter] = set()
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention):
             found.update(m.modules())
@@ -209,16 +226,39 @@ def attention_modules(model: nn.Module) -> set[nn.Module]:
                 c for c in m.children() if isinstance(c, DEFAULT_TYPES) or type(c).__name__ == "Conv1D"
             ]
             found.update(sub for c in projections for sub in c.modules())
+            found.update(p for p in m._parameters.values() if p is not None)
     return found
 
 
+def _reaches(graph: Any, module: nn.Module, fn: Any, attention: set[nn.Module | nn.Parameter]) -> bool:
+    """Whether removing ``module``'s output channels reaches attention, following the graph's
+    dependencies without their index mappings (a bounded walk, where Torch-Pruning's own search
+    through a Swin block's window reshapes does not end)."""
+    start = graph.module2node[module]
+    seen = {(start, fn)}
+    stack = [(start, fn)]
+    while stack:
+        node, handler = stack.pop()
+        for dep in node.dependencies:
+            if dep.is_triggered_by(handler) and (dep.target, dep.handler) not in seen:
+                if dep.target.module in attention:
+                    return True
+                seen.add((dep.target, dep.handler))
+                stack.append((dep.target, dep.handler))
+    return False
+
+
 def groups(
-    graph: Any, ignored: list[nn.Module], attention: set[nn.Module], names: dict[nn.Module, str]
+    graph: Any,
+    ignored: list[nn.Module],
+    attention: set[nn.Module | nn.Parameter],
+    names: dict[nn.Module, str],
 ) -> tuple[list[Any], list[Kept], list[Exception]]:
     """The dependency groups rooted at layers not ``ignored`` (as Torch-Pruning's
     ``get_all_groups``, which skips a group that would shrink an ignored layer's outputs), and
     the selected layers left whole: those whose channels pass a channel shuffle (reordered on
-    the way) and those whose group Torch-Pruning cannot map."""
+    the way) and those whose group Torch-Pruning cannot map. A group that reaches attention is
+    left whole before Torch-Pruning searches it."""
     skip = {id(m) for m in ignored}
     seen: set[int] = set()
     groups, kept, errors = [], [], []
@@ -233,6 +273,8 @@ def groups(
             ):
                 continue
             width = pruner.get_out_channels(module)
+            if attention and _reaches(graph, module, pruner.prune_out_channels, attention):
+                continue
             try:
                 with watchdog.limit(GROUP_SECONDS):
                     group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))

@@ -210,7 +210,7 @@ def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, 
             handles.append(module.register_forward_pre_hook(partial(_enter, counter.inside, name)))
             handles.append(module.register_forward_hook(partial(_leave, counter.inside)))
     try:
-        with eval_mode(model), torch.no_grad(), _rejected(model, example_input), counter:
+        with eval_mode(model), torch.no_grad(), _rejected(model, example_input, counter.inside), counter:
             model(*args)
     finally:
         for handle in handles:
@@ -255,32 +255,31 @@ def fits(model: nn.Module, example_input: object) -> None:
 
 
 @contextmanager
-def _rejected(model: nn.Module, example_input: object) -> Iterator[None]:
+def _rejected(model: nn.Module, example_input: object, running: list[str] | None = None) -> Iterator[None]:
     """Turn an error of the forward pass inside the block into a PruneError naming the
-    innermost module that was running (hooks removed afterwards)."""
-    names = {id(m): n for n, m in model.named_modules()}
-    running: list[nn.Module] = []
-
-    def enter(module: nn.Module, args: object) -> None:
-        running.append(module)
-
-    def leave(module: nn.Module, args: object, output: object) -> None:
-        if running and running[-1] is module:
-            running.pop()
-
-    modules = list(model.modules())
-    handles = [m.register_forward_pre_hook(enter) for m in modules]
-    handles += [m.register_forward_hook(leave) for m in modules]
+    innermost module that was running. ``running``: the names of the modules running now, kept
+    by the caller's own hooks (the MAC counter has them); otherwise hooks here keep it."""
+    handles = []
+    if running is None:
+        running = []
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_pre_hook(partial(_enter, running, name)))
+                handles.append(module.register_forward_hook(partial(_leave, running)))
     try:
         yield
     except PruneError:
         raise
     except Exception as exc:
-        inner = running[-1] if running else model
-        name = names.get(id(inner)) or "the model's own forward"
+        inner = running[-1] if running else ""
+        where = (
+            f"{inner} ({type(model.get_submodule(inner)).__name__})"
+            if inner
+            else f"the model's own forward ({type(model).__name__})"
+        )
         raise PruneError(
-            f"the example input ({_shapes(example_input)}) does not fit the model: {name}"
-            f" ({type(inner).__name__}) rejects it with {type(exc).__name__}: {shorten(str(exc), 200)};"
+            f"the example input ({_shapes(example_input)}) does not fit the model: {where}"
+            f" rejects it with {type(exc).__name__}: {shorten(str(exc), 200)};"
             " give one batch of what the model takes, e.g. x[:1]"
         ) from exc
     finally:
