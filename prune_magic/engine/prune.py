@@ -347,7 +347,7 @@ def _apply(
     elif gradual(step):
         zeros, curve = clip_gradually(model, step, targets, training)
     elif step.kind == "quantize":
-        quantized = apply_quantize(model, step, targets, entry.records)
+        quantized = apply_quantize(model, step, targets, entry.records, training)
     else:
         with nullcontext() if recorded else deferred_interrupt():
             zeros, removals = apply_step(model, step, targets, records, example_input, data)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -26,10 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .codebook import apply_codebook
 from .errors import PruneError
 from .recipe import Step
 from .selection import Target
 from .snapshot import ChildRecord, ModuleRecord, Record, TensorRecord
+from .train import Training
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Quantized:
     layers: tuple[str, ...]
     size_before: int  # bytes: the serialized state_dict (int8) or the selected weights (bits=N)
     size_after: int
+    also: str = ""  # codebook=K: the fine-tuning and the model's size on disk, compressed
 
     def line(self) -> str:
         from .report import format_bytes
@@ -52,13 +56,23 @@ class Quantized:
             else f"{after / max(1, before):.1f}x larger: the quantized layers' scales and metadata outweigh"
             " what int8 saves on a model this small"
         )
-        return f"{self.how} on {len(self.layers)} layers: {what} {format_bytes(before)} -> {format_bytes(after)} ({change})"
+        also = f"; {self.also}" if self.also else ""
+        return f"{self.how} on {len(self.layers)} layers: {what} {format_bytes(before)} -> {format_bytes(after)} ({change}){also}"
 
 
 def apply_quantize(
-    model: nn.Module, step: Step, targets: Sequence[Target], records: list[Record]
+    model: nn.Module,
+    step: Step,
+    targets: Sequence[Target],
+    records: list[Record],
+    training: Training | None = None,
 ) -> Quantized:
     """Quantize ``targets`` as ``step`` says; append what changed to ``records``."""
+    if "codebook" in step.options:
+        layers, before, after, tuned = apply_codebook(model, step, targets, records, training)
+        k = int(step.options["codebook"])  # type: ignore[arg-type]
+        how = f"codebook of {k} shared values ({max(1, math.ceil(math.log2(k)))}-bit indices, k-means)"
+        return Quantized(how, layers, before, after, "; ".join(filter(None, (tuned, disk_line(model)))))
     if "bits" in step.options:
         return _fake(step, targets, records, int(step.options["bits"]))  # type: ignore[arg-type]
     names = tuple(t.name.rpartition(".")[0] for t in targets if t.name.endswith("weight"))
@@ -79,6 +93,13 @@ def apply_quantize(
     before = state_dict_bytes(model)
     how = (_torchao if backend == "torchao" else _torch_ao)(model, linear, records)
     return Quantized(how, linear, before, state_dict_bytes(model))
+
+
+def disk_line(model: nn.Module) -> str:
+    """``on disk: X KiB dense -> Y KiB compressed (Z x)``: what ``pm.save(compress=True)`` writes."""
+    from .saving import save
+
+    return save(model, io.BytesIO(), compress=True).line()
 
 
 def state_dict_bytes(model: nn.Module) -> int:

@@ -80,7 +80,9 @@ class Training:
 
 
 def needs_training_data(step: Step) -> bool:
-    return step.kind in ("finetune", "distill") or (step.kind == "clip" and "finetune" in step.options)
+    return step.kind in ("finetune", "distill") or (
+        step.kind in ("clip", "quantize") and "finetune" in step.options
+    )
 
 
 def gradual(step: Step) -> bool:
