@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import copy
 import gzip
 import io
 import sys
@@ -44,15 +43,22 @@ def data() -> tuple[str, tuple[torch.Tensor, ...]]:
             with gzip.open(FASHION / name) as f:
                 return np.frombuffer(f.read(), np.uint8, offset=offset).copy()
 
-        images = [torch.tensor(idx(f"{s}-images-idx3-ubyte.gz", 16).reshape(-1, 784)) / 255 for s in ("train", "t10k")]
-        labels = [torch.tensor(idx(f"{s}-labels-idx1-ubyte.gz", 8), dtype=torch.long) for s in ("train", "t10k")]
+        images = [
+            torch.tensor(idx(f"{s}-images-idx3-ubyte.gz", 16).reshape(-1, 784)) / 255
+            for s in ("train", "t10k")
+        ]
+        labels = [
+            torch.tensor(idx(f"{s}-labels-idx1-ubyte.gz", 8), dtype=torch.long) for s in ("train", "t10k")
+        ]
         return "Fashion-MNIST", (images[0].float(), labels[0], images[1].float(), labels[1])
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     X = torch.tensor(digits.data, dtype=torch.float32) / 16
-    X_train, X_test, y_train, y_test = train_test_split(X, torch.tensor(digits.target), test_size=0.25, random_state=0)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, torch.tensor(digits.target), test_size=0.25, random_state=0
+    )
     return "digits", (X_train, y_train, X_test, y_test)
 
 
@@ -78,7 +84,9 @@ def lenet(codebook: int, missed: list[str]) -> None:
     name, (X_train, y_train, X_test, y_test) = data()
     batch = 256 if name == "Fashion-MNIST" else 64
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(X_train.shape[1], 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    model = nn.Sequential(
+        nn.Linear(X_train.shape[1], 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
 
     def train(epochs: int, lr: float, masked: bool) -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -99,27 +107,37 @@ def lenet(codebook: int, missed: list[str]) -> None:
     rows = [("dense float32", accuracy(model), dense_file, dense_file)]
     for r in range(1, 5):
         progress = 1 - (1 - r / 4) ** 3
-        recipe = "\n".join(f"clip amount={(1 - k) * progress:.4f} layers={layer}" for layer, k in PAPER_KEPT.items())
+        recipe = "\n".join(
+            f"clip amount={(1 - k) * progress:.4f} layers={layer}" for layer, k in PAPER_KEPT.items()
+        )
         pm.prune(model, recipe, undo=False, report=False)
         train(2, 1e-4 if r == 4 else 3e-4, True)
     pruned = accuracy(model)
     rows.append(("pruned (Han's kept fractions)", pruned, compressed(model, False), compressed(model)))
     pm.prune(model, f"quantize codebook={codebook}", report=False)
-    rows.append((f"+ codebook={codebook} (k-means)", accuracy(model), compressed(model, False), compressed(model)))
+    rows.append(
+        (f"+ codebook={codebook} (k-means)", accuracy(model), compressed(model, False), compressed(model))
+    )
     pm.undo(model)
     result = pm.prune(
         model, f"quantize codebook={codebook} finetune=1 lr=0.0001", train=(X_train, y_train), report=False
     )
-    rows.append(("+ centroids fine-tuned 1 epoch", accuracy(model), compressed(model, False), compressed(model)))
+    rows.append(
+        ("+ centroids fine-tuned 1 epoch", accuracy(model), compressed(model, False), compressed(model))
+    )
     pm.prune(model, f"quantize codebook={codebook} layers=*.bias", report=False)
     final = accuracy(model)
-    rows.append((f"+ biases shared too (codebook={codebook})", final, compressed(model, False), compressed(model)))
+    rows.append(
+        (f"+ biases shared too (codebook={codebook})", final, compressed(model, False), compressed(model))
+    )
     print(f"\n## 1. LeNet-300-100 on {name} ({time.perf_counter() - started:.0f} s)")
     kept = [(r.name, r.nonzero / r.params) for r in pm.report(model).rows if r.name.endswith("weight")]
     print("kept: " + ", ".join(f"{n} {k:.1%}" for n, k in kept) + " (paper: 8%, 9%, 26%)")
     print(f"\n{'stage':<40} {'error':>7} {'no entropy coding':>18} {'compressed':>11} {'ratio':>7}")
     for label, acc, raw, size in rows:
-        print(f"{label:<40} {1 - acc:7.2%} {raw / 1024:13.1f} KiB {size / 1024:7.1f} KiB {dense_file / size:6.1f}x")
+        print(
+            f"{label:<40} {1 - acc:7.2%} {raw / 1024:13.1f} KiB {size / 1024:7.1f} KiB {dense_file / size:6.1f}x"
+        )
     print(f"dense file: torch.save(model.state_dict()), {dense_file / 1024:.1f} KiB")
     print("paper (MNIST): 1070 KB -> 27 KB (40x), error 1.64% -> 1.58%")
     print(result.steps[0].quantized.line() if result.steps[0].quantized else "")
@@ -160,16 +178,27 @@ def big(params: int, repeat: int, missed: list[str]) -> None:
             loaded = pm.load(path, lambda: fresh)  # noqa: B023
             decodes.append(time.perf_counter() - start)
             loads.append(decodes[-1] + made)
-        same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+        )
     finally:
         path.unlink(missing_ok=True)
     ratio = saved.bytes / dense_file
     n = sum(p.numel() for p in model.parameters())
-    print(f"\n## 2. pm.save(compress=True), {n / 1e6:.1f}M weights (6 Linear {width}x{width}) at 90% zeros, no quantization")
-    print(f"dense torch.save: {dense_file / 2**20:.1f} MiB; compressed: {saved.bytes / 2**20:.1f} MiB ({ratio:.3f}x)")
-    print(f"write {min(writes):.2f} s; load {min(decodes):.2f} s (+ the factory's own init: {min(loads):.2f} s); every tensor equal: {same}")
+    print(
+        f"\n## 2. pm.save(compress=True), {n / 1e6:.1f}M weights (6 Linear {width}x{width}) at 90% zeros, no quantization"
+    )
+    print(
+        f"dense torch.save: {dense_file / 2**20:.1f} MiB; compressed: {saved.bytes / 2**20:.1f} MiB ({ratio:.3f}x)"
+    )
+    print(
+        f"write {min(writes):.2f} s; load {min(decodes):.2f} s (+ the factory's own init: {min(loads):.2f} s); every tensor equal: {same}"
+    )
     if min(writes) > 3 or min(decodes) > 3 or ratio > 0.15 or not same:
-        missed.append(f"25M save: write {min(writes):.2f} s, load {min(decodes):.2f} s, {ratio:.3f}x dense (goals 3 s, 3 s, 0.15x)")
+        missed.append(
+            f"25M save: write {min(writes):.2f} s, load {min(decodes):.2f} s, {ratio:.3f}x dense (goals 3 s, 3 s, 0.15x)"
+        )
 
 
 def best(fn: object, runs: int) -> float:
@@ -210,7 +239,9 @@ def sparse(repeat: int, missed: list[str]) -> None:
         fast = pm.sparse(model, batch=batch)
         speedup = best(lambda: model(x), 10 * repeat) / best(lambda: fast(x), 10 * repeat)  # noqa: B023
         close = torch.allclose(fast(x), model(x), atol=1e-5)
-        print(f"pm.sparse, 4096x4096 at 95% zeros, batch {batch}: {speedup:.2f}x faster than dense; outputs allclose: {close}")
+        print(
+            f"pm.sparse, 4096x4096 at 95% zeros, batch {batch}: {speedup:.2f}x faster than dense; outputs allclose: {close}"
+        )
         if batch == 1 and speedup < 3:
             missed.append(f"pm.sparse 4096x4096 at 95%, batch 1: {speedup:.2f}x (goal 3x)")
     mixed = nn.Sequential(*(layer(1024, 1024, s) for s in (0.5, 0.8, 0.9, 0.95, 0.98)))
@@ -224,7 +255,9 @@ def sparse(repeat: int, missed: list[str]) -> None:
                 again = best(lambda: mixed[i](x), 10 * repeat) / best(lambda: fast[i](x), 10 * repeat)  # noqa: B023
                 verdict = f"converted, timed again: {again:.2f}x"
                 if again < 1:
-                    missed.append(f"pm.sparse converted layer {d.name} at batch {batch} and it is {1 / again:.2f}x slower")
+                    missed.append(
+                        f"pm.sparse converted layer {d.name} at batch {batch} and it is {1 / again:.2f}x slower"
+                    )
             else:
                 verdict = "left dense"
             print(f"  {d.sparsity:4.0%} zeros: {d.why}; {verdict}")
@@ -232,7 +265,9 @@ def sparse(repeat: int, missed: list[str]) -> None:
 
 def main() -> None:
     parser = arguments(__doc__, repeat=3)
-    parser.add_argument("--codebook", type=int, default=32, help="shared values per layer (default 32: 5 bits)")
+    parser.add_argument(
+        "--codebook", type=int, default=32, help="shared values per layer (default 32: 5 bits)"
+    )
     parser.add_argument("--params", default="25M", help="weights of the save/load model (default 25M)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: lenet,save,sparse")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ from torch import nn
 from .codebook import apply_codebook
 from .errors import PruneError
 from .recipe import Step
+from .report import disk_line
 from .selection import Target
 from .snapshot import ChildRecord, ModuleRecord, Record, TensorRecord
 from .train import Training
@@ -93,13 +94,6 @@ def apply_quantize(
     before = state_dict_bytes(model)
     how = (_torchao if backend == "torchao" else _torch_ao)(model, linear, records)
     return Quantized(how, linear, before, state_dict_bytes(model))
-
-
-def disk_line(model: nn.Module) -> str:
-    """``on disk: X KiB dense -> Y KiB compressed (Z x)``: what ``pm.save(compress=True)`` writes."""
-    from .saving import save
-
-    return save(model, io.BytesIO(), compress=True).line()
 
 
 def state_dict_bytes(model: nn.Module) -> int:
