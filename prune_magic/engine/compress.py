@@ -79,6 +79,16 @@ def encode(state: dict[str, torch.Tensor]) -> tuple[Header, bytes]:
     return header, b"".join(parts)
 
 
+def stored_bytes(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Bytes each tensor of ``state`` takes compressed (a tied tensor counts once, under its first name).
+
+    >>> stored_bytes({"w": torch.zeros(1000)})
+    {'w': 0}
+    """
+    header, _ = encode(state)
+    return {e["name"]: sum(n for _, _, n in e.get("sections", [])) for e in header}
+
+
 def decode(header: Header, blob: bytes | memoryview) -> dict[str, torch.Tensor]:
     """The state dict :func:`encode` was given, every tensor bit for bit."""
     state: dict[str, torch.Tensor] = {}
