@@ -58,10 +58,19 @@ def encode(state: dict[str, torch.Tensor]) -> tuple[Header, bytes]:
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise PruneError(f"{name} is a {type(tensor).__name__}, not a tensor; pm.save stores tensors")
-        if tensor.layout != torch.strided or tensor.is_quantized or type(tensor) is not torch.Tensor:
+        odd = (
+            f"a {str(tensor.layout).removeprefix('torch.')} tensor"
+            if tensor.layout != torch.strided
+            else "quantized"
+            if tensor.is_quantized
+            else f"a {type(tensor).__name__}"
+            if type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            else ""
+        )
+        if odd:
             raise PruneError(
-                f"{name} is a {tensor.layout} / quantized / subclass tensor; compress=True stores plain dense"
-                " tensors: save without compress=True"
+                f"{name} is {odd}; compress=True stores plain dense tensors: save without compress=True"
+                " (or make it dense first)"
             )
         key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
         if tensor.numel() and key in seen:
