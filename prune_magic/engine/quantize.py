@@ -8,8 +8,11 @@
   the ``2^N - 1`` symmetric levels of its output channel (scale = max |w| of the channel
   / (2^(N-1) - 1)) and kept as a float, to show what N bits cost in accuracy before
   committing to a real low-bit format. Zeros stay zero, so a clip's sparsity survives.
+- ``quantize codebook=K``: weight sharing (Deep Compression): K shared values per tensor by
+  k-means, optionally trained (``finetune=E``); see :mod:`.codebook`. A compressed save
+  stores the indices at ``ceil(log2 K)`` bits.
 
-Both are undoable: undo gives back the float model, bit for bit.
+All are undoable: undo gives back the float model, bit for bit.
 """
 
 from __future__ import annotations
