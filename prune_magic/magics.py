@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 SUBCOMMANDS = {
     "undo": "undo the last step applied to MODEL (%prune undo MODEL N: the last N)",
     "reset": "undo every step: MODEL's weights as they were before prune_magic",
-    "report": "per-layer table of MODEL (params, nonzero, sparsity, size)",
+    "report": "per-layer table of MODEL (params, nonzero, sparsity, size, on disk compressed)",
     "history": "the steps applied to MODEL, with their sparsity and undo memory",
     "sensitivity": "prune one layer at a time at several levels; curves, and a per-layer budget",
     "explore": "one overall-sparsity slider spread over the layers by their sensitivity; Apply",
@@ -183,6 +183,7 @@ class PruneMagics(Magics):
         After pruning: ``finetune epochs=N``, ``distill epochs=N`` (the model before the
         cell teaches the pruned one) and ``clip amount=A steps=K finetune=E`` (gradual)
         train on ``--train``; ``quantize int8`` or ``quantize bits=N`` round the weights;
+        ``quantize codebook=K finetune=E`` shares K values per layer (Deep Compression);
         ``clip amount=A by=wanda`` weighs |w| by the ``--data`` activations.
 
         Running the same cell again does not compound: it starts from the state the model
@@ -301,7 +302,7 @@ class PruneMagics(Magics):
             undone = engine.reset(model)
             print(f"reset {rest[0]}: undid {len(undone)} step(s)")
         elif command == "report":
-            display(engine.report(model))
+            display(engine.report(model, disk=True))
         else:
             display(engine.history(model))
 

@@ -140,6 +140,14 @@ def test_report_and_usage(ip) -> None:
     run(ip, "%%prune model --quiet\nclip amount=0.5\n")
     table = run(ip, "%prune report model").outputs[0].data["text/plain"]
     assert "0.weight" in table and "50.0%" in table
+    assert "on disk: " in table and " KiB dense \u2192 " in table and " KiB compressed (" in table
+
+
+def test_a_codebook_cell_says_what_the_model_takes_on_disk(ip) -> None:
+    out = run(ip, "%%prune model\nclip amount=0.9\nquantize codebook=16\n")
+    text = out.outputs[0].data["text/plain"]
+    assert "codebook of 16 shared values (4-bit indices, k-means)" in text
+    assert "on disk: " in text and " KiB compressed (" in text
     usage = run(ip, "%prune").stdout
     assert "%prune undo MODEL" in usage and "%%prune MODEL" in usage
 

@@ -12,9 +12,10 @@ from .prune import EvaluationError, prune
 from .recipe import Recipe, Step, parse_recipe
 from .report import SPARSE_FORMAT, Report, Row, count_macs, report
 from .result import PruneResult, StepResult
-from .saving import load, save
+from .saving import Saved, load, save
 from .selection import Target, select
 from .sensitivity import Sensitivity, sensitivity
+from .sparse import SparseLinear, sparse
 from .structured import Removal
 
 __all__ = [
@@ -31,8 +32,10 @@ __all__ = [
     "Removal",
     "Report",
     "Row",
+    "Saved",
     "SelectionError",
     "Sensitivity",
+    "SparseLinear",
     "Step",
     "StepResult",
     "Target",
@@ -49,5 +52,6 @@ __all__ = [
     "save",
     "select",
     "sensitivity",
+    "sparse",
     "undo",
 ]

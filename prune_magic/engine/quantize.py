@@ -8,8 +8,11 @@
   the ``2^N - 1`` symmetric levels of its output channel (scale = max |w| of the channel
   / (2^(N-1) - 1)) and kept as a float, to show what N bits cost in accuracy before
   committing to a real low-bit format. Zeros stay zero, so a clip's sparsity survives.
+- ``quantize codebook=K``: weight sharing (Deep Compression): K shared values per tensor by
+  k-means, optionally trained (``finetune=E``); see :mod:`.codebook`. A compressed save
+  stores the indices at ``ceil(log2 K)`` bits.
 
-Both are undoable: undo gives back the float model, bit for bit.
+All are undoable: undo gives back the float model, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -26,10 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .codebook import apply_codebook
 from .errors import PruneError
 from .recipe import Step
+from .report import disk_line
 from .selection import Target
 from .snapshot import ChildRecord, ModuleRecord, Record, TensorRecord
+from .train import Training
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Quantized:
     layers: tuple[str, ...]
     size_before: int  # bytes: the serialized state_dict (int8) or the selected weights (bits=N)
     size_after: int
+    also: str = ""  # codebook=K: the fine-tuning and the model's size on disk, compressed
 
     def line(self) -> str:
         from .report import format_bytes
@@ -52,13 +60,23 @@ class Quantized:
             else f"{after / max(1, before):.1f}x larger: the quantized layers' scales and metadata outweigh"
             " what int8 saves on a model this small"
         )
-        return f"{self.how} on {len(self.layers)} layers: {what} {format_bytes(before)} -> {format_bytes(after)} ({change})"
+        also = f"; {self.also}" if self.also else ""
+        return f"{self.how} on {len(self.layers)} layers: {what} {format_bytes(before)} -> {format_bytes(after)} ({change}){also}"
 
 
 def apply_quantize(
-    model: nn.Module, step: Step, targets: Sequence[Target], records: list[Record]
+    model: nn.Module,
+    step: Step,
+    targets: Sequence[Target],
+    records: list[Record],
+    training: Training | None = None,
 ) -> Quantized:
     """Quantize ``targets`` as ``step`` says; append what changed to ``records``."""
+    if "codebook" in step.options:
+        layers, before, after, tuned = apply_codebook(model, step, targets, records, training)
+        k = step.count("codebook")
+        how = f"codebook of {k} shared values ({max(1, math.ceil(math.log2(k)))}-bit indices, k-means)"
+        return Quantized(how, layers, before, after, "; ".join(filter(None, (tuned, disk_line(model)))))
     if "bits" in step.options:
         return _fake(step, targets, records, step.count("bits"))
     names = tuple(t.name.rpartition(".")[0] for t in targets if t.name.endswith("weight"))

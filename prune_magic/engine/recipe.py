@@ -120,12 +120,24 @@ SCHEMAS: Mapping[str, StepSchema] = {
         one_of=("epochs",),
     ),
     "quantize": StepSchema(
-        help="int8: dynamic int8 Linear layers; bits=N: round weights to N bits per channel (fake quantization)",
+        help="int8: dynamic int8 Linear layers; bits=N: round weights to N bits per channel (fake"
+        " quantization); codebook=K: K shared values per layer by k-means (Han et al. 2016)",
         options={
             "dtype": Option("choice", "int8: dynamic int8 quantization of Linear layers", ("int8",)),
             "bits": Option(
                 "count", "round each weight to one of 2^N levels per output channel", low=2, high=16
             ),
+            "codebook": Option(
+                "count",
+                "share K values per layer (k-means over its nonzero weights; a compressed save stores"
+                " ceil(log2 K)-bit indices)",
+                low=2,
+                high=65536,
+            ),
+            "finetune": Option(
+                "count", "epochs of training the shared values (codes and zeros kept), with codebook="
+            ),
+            **_TRAIN,
             "backend": Option(
                 "choice",
                 "int8 through torchao (auto: when installed) or torch.ao",
@@ -133,8 +145,14 @@ SCHEMAS: Mapping[str, StepSchema] = {
             ),
             **_SELECT,
         },
-        one_of=("dtype", "bits"),
-        requires={"backend": "dtype"},
+        one_of=("dtype", "bits", "codebook"),
+        requires={
+            "backend": "dtype",
+            "finetune": "codebook",
+            "lr": "finetune",
+            "optimizer": "finetune",
+            "seed": "finetune",
+        },
         words={"int8": ("dtype", "int8")},
     ),
     "structured": StepSchema(

@@ -54,6 +54,7 @@ class Report:
 
     rows: tuple[Row, ...]
     macs: int | None = None
+    disk: str | None = None  # "on disk: X KiB dense → Y KiB compressed (Zx)" (report(..., disk=True))
 
     @property
     def params(self) -> int:
@@ -90,6 +91,8 @@ class Report:
         )
         if self.macs is not None:
             text += f"; {format_count(self.macs)} MACs per forward (zeros still cost MACs in dense kernels)"
+        if self.disk is not None:
+            text += f"; {self.disk}"
         return text
 
     def _table(self) -> list[tuple[str, ...]]:
@@ -140,11 +143,15 @@ class Report:
         )
 
 
-def report(model: nn.Module, example_input: object = None, names: Sequence[str] | None = None) -> Report:
+def report(
+    model: nn.Module, example_input: object = None, names: Sequence[str] | None = None, disk: bool = False
+) -> Report:
     """Measure ``model``: one row per parameter (or per name in ``names``), plus totals.
 
     With ``example_input`` (a tensor or a tuple of positional inputs), MACs per forward
-    are counted with PyTorch's FLOP counter, in total and per layer.
+    are counted with PyTorch's FLOP counter, in total and per layer. With ``disk=True``,
+    the size of ``pm.save(model, path, compress=True)`` beside the dense tensors' (the
+    model is compressed in memory to measure it).
     """
     layer_macs: dict[str, int] = {}
     total_macs = None
@@ -176,7 +183,20 @@ def report(model: nn.Module, example_input: object = None, names: Sequence[str] 
                     macs=layer_macs.get(owner) if attr == "weight" else None,
                 )
             )
-    return Report(tuple(rows), total_macs)
+    return Report(tuple(rows), total_macs, disk_line(model) if disk else None)
+
+
+def disk_line(model: nn.Module) -> str | None:
+    """``on disk: X KiB dense → Y KiB compressed (Zx)``, from ``pm.save(compress=True)`` into
+    memory; None for a model pm.save refuses (int8-quantized layers)."""
+    import io
+
+    from .saving import save
+
+    try:
+        return save(model, io.BytesIO(), compress=True).line()
+    except PruneError:
+        return None
 
 
 def weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -9,29 +9,65 @@ plus a small JSON plan (every module's plain attributes and tensor shapes);
 >>> import io, torch
 >>> from torch import nn
 >>> buffer = io.BytesIO()
->>> save(nn.Linear(4, 2), buffer)
+>>> _ = save(nn.Linear(4, 2), buffer)  # (returns what it wrote: see Saved)
 >>> _ = buffer.seek(0)
 >>> load(buffer, lambda: nn.Linear(4, 2)).out_features
 2
+
+``save(model, path, compress=True)`` stores each tensor in the smallest exact form it
+allows (see :mod:`.compress`): a pruned, weight-shared model takes a fraction of the
+space, and :func:`load` gives back every tensor bit for bit.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 import torch
 from torch import nn
 
+from .compress import decode, dense_bytes, encode
 from .errors import PruneError
 
 FORMAT = "prune_magic/1"
 _JSON = (int, float, bool, str, type(None))
 
 
-def save(model: nn.Module, path: str | IO[bytes]) -> None:
-    """Write ``model``'s state dict and the shapes of its layers (see :func:`load`)."""
+@dataclass(frozen=True)
+class Saved:
+    """What :func:`save` wrote: its size, and the size of the tensors stored densely."""
+
+    bytes: int
+    dense_bytes: int
+    compressed: bool
+
+    def line(self) -> str:
+        from .report import format_bytes
+
+        if not self.compressed:
+            return f"on disk: {format_bytes(self.bytes)} (dense; compress=True stores the zeros sparsely)"
+        ratio = self.dense_bytes / max(1, self.bytes)
+        return f"on disk: {_kib(self.dense_bytes)} dense \u2192 {_kib(self.bytes)} compressed ({ratio:.1f}\u00d7)"
+
+    def __repr__(self) -> str:
+        return f"<Saved: {self.line()}>"
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB"
+
+
+def save(model: nn.Module, path: str | IO[bytes], compress: bool = False) -> Saved:
+    """Write ``model``'s state dict and the shapes of its layers (see :func:`load`).
+
+    With ``compress=True`` each tensor is stored in the smallest exact form it allows:
+    sparse positions, codebook indices, entropy-coded (see :mod:`prune_magic.engine.compress`).
+    """
     quantized = [
         name or type(model).__name__
         for name, module in model.named_modules()
@@ -52,7 +88,30 @@ def save(model: nn.Module, path: str | IO[bytes]) -> None:
             "attrs": {k: v for k, v in vars(module).items() if k != "training" and _jsonable(v)},
             "shapes": {k: list(t.shape) for k, t in tensors.items() if t is not None},
         }
-    torch.save({"format": FORMAT, "plan": json.dumps(plan), "state_dict": model.state_dict()}, path)
+    state = model.state_dict()
+    saved: dict[str, Any] = {"format": FORMAT}
+    if compress:  # one byte tensor: the plan and the tensors' header (lzma-coded JSON), then the tensors
+        header, blob = encode(state)
+        text = lzma.compress(json.dumps({"plan": plan, "tensors": header}, separators=(",", ":")).encode())
+        payload = bytearray(len(text).to_bytes(4, "little") + text + blob)
+        saved["compressed"] = torch.frombuffer(payload, dtype=torch.uint8)
+    else:
+        saved["plan"], saved["state_dict"] = json.dumps(plan), state
+    start = _position(path)
+    torch.save(saved, path)
+    end = os.path.getsize(path) if isinstance(path, str | os.PathLike) else _position(path)
+    written = end - start if start is not None and end is not None else -1
+    return Saved(written, dense_bytes(state), compress)
+
+
+def _position(path: str | IO[bytes]) -> int | None:
+    """Where a file object stands (0 for a path: it is written anew); None if it can't say."""
+    if isinstance(path, str | os.PathLike):
+        return 0
+    try:
+        return path.tell()
+    except (OSError, AttributeError):
+        return None
 
 
 def load(
@@ -66,8 +125,17 @@ def load(
     saved = torch.load(path, weights_only=True, map_location=map_location)
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise PruneError("this file was not written by prune_magic.save; use torch.load for it")
+    if "compressed" in saved:
+        payload = saved["compressed"].cpu().numpy().tobytes()
+        length = int.from_bytes(payload[:4], "little")
+        meta = json.loads(lzma.decompress(payload[4 : 4 + length]))
+        plan = meta["plan"]
+        # (decoded on the CPU; load_state_dict copies each tensor to where the model's is)
+        state = decode(meta["tensors"], memoryview(payload)[4 + length :])
+    else:
+        plan, state = json.loads(saved["plan"]), saved["state_dict"]
     model = model_factory()
-    for name, spec in json.loads(saved["plan"]).items():
+    for name, spec in plan.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
@@ -79,7 +147,7 @@ def load(
             setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
         for key, shape in spec["shapes"].items():
             _reshape(module, key, shape)
-    model.load_state_dict(saved["state_dict"])
+    model.load_state_dict(state)
     return model
 
 

@@ -50,7 +50,9 @@ def trains(step: Step) -> bool:
 
 
 def needs_training_data(step: Step) -> bool:
-    return step.kind in ("finetune", "distill") or (step.kind == "clip" and "finetune" in step.options)
+    return step.kind in ("finetune", "distill") or (
+        step.kind in ("clip", "quantize") and "finetune" in step.options
+    )
 
 
 def needs_calibration_data(step: Step) -> bool:
@@ -129,7 +131,7 @@ def _train_or_quantize(
     if step.kind == "distill":
         return Applied(curve=distill(model, step, training))
     if step.kind == "quantize":
-        return Applied(quantized=apply_quantize(model, step, targets, records))
+        return Applied(quantized=apply_quantize(model, step, targets, records, training))
     zeros, curve = clip_gradually(model, step, targets, training)
     return Applied(zeros, curve=curve)
 

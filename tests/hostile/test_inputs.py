@@ -206,3 +206,57 @@ def test_a_live_cell_after_quantize_int8_still_draws_its_histograms(ip):
     ip.run_cell("%%prune model --quiet\nquantize int8 backend=torchao").raise_error()
     shown = _histograms(ip.user_ns["model"])
     assert set(shown) == {"0.weight", "2.weight"}
+
+
+# -- Deep Compression: codebook, compressed save, pm.sparse ---------------------------------------------
+
+
+def test_a_codebook_finetune_without_data_or_with_a_diverging_loss_changes_nothing(mlp, labelled):
+    X, y = labelled
+    pm.prune(mlp, "clip amount=0.5")
+    refused(mlp, lambda: pm.prune(mlp, "quantize codebook=8 finetune=1"), "needs training data", "train=")
+    refused(
+        mlp,
+        lambda: pm.prune(mlp, "quantize codebook=8 finetune=2 lr=1e30 optimizer=sgd", train=(X, y)),
+        "the training loss became",
+        "smaller lr=",
+    )
+
+
+def test_sparse_refuses_bad_arguments_and_models_it_cannot_copy(mlp):
+    refused(mlp, lambda: pm.sparse(mlp, min_sparsity=-0.1), "min_sparsity=-0.1 must be between 0 and 1")
+    refused(mlp, lambda: pm.sparse(mlp, batch=0), "batch=0 must be at least 1")
+
+    class Uncopyable(torch.nn.Sequential):
+        def __deepcopy__(self, memo):
+            raise RuntimeError("holds a file handle")
+
+    odd = Uncopyable(torch.nn.Linear(4, 4))
+    refused(odd, lambda: pm.sparse(odd), "copy.deepcopy failed: holds a file handle")
+
+
+def test_a_compressed_save_of_a_sparse_buffer_is_refused_and_writes_nothing(mlp, tmp_path):
+    mlp.register_buffer("lookup", torch.eye(4).to_sparse())
+    with pytest.raises(pm.PruneError, match=r"lookup is a sparse_coo tensor; .*: save without compress=True"):
+        pm.save(mlp, tmp_path / "m.pt", compress=True)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_compressed_file_with_an_unknown_codec_is_refused_by_name(mlp, tmp_path):
+    import json
+    import lzma
+
+    pm.save(mlp, tmp_path / "m.pt", compress=True)
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload = saved["compressed"].numpy().tobytes()
+    length = int.from_bytes(payload[:4], "little")
+    meta = json.loads(lzma.decompress(payload[4 : 4 + length]))
+    meta["tensors"][0]["sections"][0][0] = "zstd"
+    text = lzma.compress(json.dumps(meta).encode())
+    saved["compressed"] = torch.frombuffer(
+        bytearray(len(text).to_bytes(4, "little") + text + payload[4 + length :]), dtype=torch.uint8
+    )
+    torch.save(saved, tmp_path / "m.pt")
+    fresh = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with pytest.raises(pm.PruneError, match="codec this prune_magic does not know \\('zstd'\\)"):
+        pm.load(tmp_path / "m.pt", lambda: fresh)
