@@ -14,6 +14,7 @@ counter and are not seen.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ class History:
     entries: list[Entry] = field(default_factory=list)
     note: str = ""
     versions: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    version: int = 0  # bumped by every change to the entries (see :func:`version`)
 
     @property
     def undo_bytes(self) -> int:
@@ -106,6 +108,28 @@ def history(model: nn.Module) -> History:
     return past if past is not None else History()
 
 
+_CHANGES = itertools.count(1)  # one sequence for every model: a version is never reused
+
+
+def _changed(past: History) -> None:
+    past.version = next(_CHANGES)
+
+
+def version(model: nn.Module) -> tuple[object, ...]:
+    """What a view of ``model`` drew from: equal values mean nothing has changed since.
+
+    It changes with every step applied, undone, rewound or forgotten, and when a tensor
+    is changed outside prune_magic (an optimizer step, say).
+
+    >>> from torch import nn
+    >>> layer = nn.Linear(2, 2)
+    >>> version(layer) == version(layer)
+    True
+    """
+    past = _HISTORIES.get(model)
+    return (past.version if past is not None else 0, tuple(sorted(changed_outside(model))))
+
+
 def _versions(model: nn.Module) -> dict[str, tuple[object, ...]]:
     # dtype, device and shape too: model.double() swaps .data without bumping the version
     return {
@@ -133,7 +157,7 @@ def begin(model: nn.Module) -> str:
         f"{_names(changed)} changed outside prune_magic after step {len(old)} ({old.entries[-1].step});"
         " history starts again from the current weights"
     )
-    _HISTORIES[model] = History(note=note)
+    _HISTORIES[model] = History(note=note, version=next(_CHANGES))
     return note
 
 
@@ -146,6 +170,7 @@ def commit(model: nn.Module, entry: Entry) -> None:
     else:
         past.entries.append(entry)
     past.versions = _versions(model)
+    _changed(past)
 
 
 def sync_versions(model: nn.Module) -> None:
@@ -179,6 +204,8 @@ def rewind(model: nn.Module, tag: str) -> list[Entry]:
         restore_all(model, entry.records, swap=True, expect=entry.before)
         undone.insert(0, entry)
     past.versions = _versions(model)
+    if undone:
+        _changed(past)
     return undone
 
 
@@ -189,6 +216,7 @@ def redo(model: nn.Module, entries: list[Entry]) -> None:
         redo_all(model, entry.records)
         past.entries.append(entry)
     past.versions = _versions(model)
+    _changed(past)
 
 
 def undo(model: nn.Module) -> Entry:
@@ -204,6 +232,7 @@ def undo(model: nn.Module) -> Entry:
         refresh(model)
         past.entries.pop()
         past.versions = _versions(model)
+        _changed(past)
     return entry
 
 
@@ -218,6 +247,7 @@ def reset(model: nn.Module) -> list[Entry]:
             past.entries.pop()
         refresh(model)
         past.versions = _versions(model)
+        _changed(past)
     return undone
 
 
@@ -225,6 +255,8 @@ def forget(model: nn.Module) -> int:
     """Drop the history of ``model`` (its weights stay as they are); return the bytes freed."""
     with exclusive(model, "pm.forget"):
         past = _HISTORIES.pop(model, None)
+        if past is not None:  # (an empty history, not none: views see the version change)
+            _HISTORIES[model] = History(version=next(_CHANGES))
     return past.undo_bytes if past else 0
 
 

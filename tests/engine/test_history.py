@@ -264,3 +264,24 @@ def test_an_eval_that_forgets_model_eval_cannot_break_undo(cnn) -> None:
     assert modes == [False, False] and cnn.training  # its own mode back afterwards
     sweep = pm.sensitivity(cnn, careless, levels=[0.5])
     assert same_bits(cnn, before) and sweep.complete
+
+
+def test_the_version_changes_with_every_step_undo_forget_and_outside_change(mlp) -> None:
+    from prune_magic.engine.history import version
+
+    seen = [version(mlp)]
+    pm.prune(mlp, "clip amount=0.5", tag="cell")
+    seen.append(version(mlp))
+    assert version(mlp) == seen[-1]  # unchanged while nothing happens
+    pm.prune(mlp, "clip amount=0.6", tag="cell")  # a re-run: rewound and applied again
+    seen.append(version(mlp))
+    pm.undo(mlp)
+    seen.append(version(mlp))
+    pm.prune(mlp, "clip amount=0.5")
+    seen.append(version(mlp))
+    with torch.no_grad():
+        mlp.fc1.weight.mul_(2)  # outside prune_magic
+    seen.append(version(mlp))
+    pm.forget(mlp)
+    seen.append(version(mlp))
+    assert len(set(seen)) == len(seen)
