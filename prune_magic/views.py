@@ -28,6 +28,7 @@ class PruneView:
     name: str
     charts: bool = True
     _png: bytes | None = field(default=None, repr=False)
+    unmeasured: str = ""  # why the metric after is missing (a live view of a changed model), if it is
 
     def summary(self) -> list[tuple[str, str]]:
         """(label, value) pairs: the facts at the top of the cell's output."""
@@ -60,6 +61,8 @@ class PruneView:
         facts += [
             (m.name, f"{m.before:.4g} → {m.after:.4g} ({m.after - m.before:+.4g})") for m in r.metrics()
         ]
+        if self.unmeasured and not r.metrics():
+            facts.append((r.metric_name, self.unmeasured))
         for s in r.steps:
             if s.quantized is not None:
                 facts.append(("quantized", s.quantized.line()))
