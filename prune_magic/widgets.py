@@ -13,6 +13,7 @@ from typing import Any
 
 from . import plots
 from .engine import PruneResult, Recipe
+from .engine.evaluate import format_metric, is_fraction
 from .engine.report import SPARSE_FORMAT, format_bytes
 from .engine.sensitivity import Sensitivity
 from .views import PruneView, SweepView, dequantized_weight, progress_text
@@ -312,7 +313,13 @@ class PruneDashboard:
                 except Exception as exc:
                     self.status.value = _error(exc)
             if metric is None:
-                unmeasured = "not measured since the model changed; Refresh measures it"
+                start = self.result.metric_before
+                known = (
+                    f"{format_metric(self.result.metric_name, start)} before the cell; "
+                    if isinstance(start, float)
+                    else ""
+                )
+                unmeasured = f"{known}not measured since the model changed: Refresh measures it"
         from . import engine
 
         now = engine.report(model, self.rerun.example_input)
@@ -561,9 +568,11 @@ class ExploreView:
         """The estimate at once; the measurement (a dry run) on the worker, the latest move winning
         (``now``: here, as the cell that builds the view does)."""
         amounts = self.amounts()
+        name, estimate, baseline = self.sweep.metric_name, self.sweep.estimate(amounts), self.sweep.baseline
+        percent = is_fraction(name, estimate, baseline)
         self.estimate.value = html.escape(
-            f"estimated {self.sweep.metric_name}: {self.sweep.estimate(amounts):.4g}"
-            f" (baseline {self.sweep.baseline:.4g}; the sum of single-layer losses)"
+            f"estimated {name}: {format_metric(name, estimate, percent)}"
+            f" (baseline {format_metric(name, baseline, percent)}; the sum of single-layer losses)"
         )
         recipe = self.recipe()
         self.recipe_text.value = f"<pre>{html.escape(recipe or '(nothing pruned)')}</pre>"
@@ -586,14 +595,39 @@ class ExploreView:
             if not self.worker.waiting:
                 self.status.value = ""
         metric = _first_metric(result)
-        after = result.after
-        facts = [f"measured {self.sweep.metric_name}: {metric:.4g}" if metric is not None else ""]
-        if after is not None:
-            facts.append(
-                f"{after.nonzero:,} of {after.params:,} params nonzero ({after.sparsity:.1%} sparse);"
-                f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
-            )
+        name = self.sweep.metric_name
+        facts = [f"measured {name}: {format_metric(name, metric)}" if metric is not None else ""]
+        if result.after is not None and result.before is not None:
+            facts.append(self._sparsity(result.before, result.after))
         self.measured.value = html.escape("; ".join(f for f in facts if f))
+
+    def _sparsity(self, before: Any, after: Any) -> str:
+        """The measured sparsity of the swept layers' weights (what the overall slider sets), beside
+        the target, and why they differ, if they do; then the whole model's."""
+        swept = {f"{layer}.weight" for layer in self.sweep.curves}
+        rows = [r for r in after.rows if r.name in swept]
+        old = [r for r in before.rows if r.name in swept]
+        params = sum(r.params for r in rows) or 1
+        zeros = 1 - sum(r.nonzero for r in rows) / params
+        already = 1 - sum(r.nonzero for r in old) / (sum(r.params for r in old) or 1)
+        planned = sum(a * self.sweep.sizes.get(layer, 0) for layer, a in self.amounts().items())
+        target = planned / (sum(self.sweep.sizes.values()) or 1)
+        text = f"{zeros:.1%} of the swept layers' weights zero (overall sparsity {self.overall.value:.1%})"
+        why = []
+        if abs(target - self.overall.value) >= 0.001:
+            why.append(f"the layers' amounts add up to {target:.1%} (pinned layers, or a layer at its limit)")
+        if abs(zeros - target) >= 0.001:
+            why.append(
+                f"{already:.1%} of these weights were zero before, and a clip counts those zeros as pruned"
+                if already >= 0.001
+                else "each layer's amount rounds to whole weights"
+            )
+        if why:
+            text += ": " + "; ".join(why)
+        return (
+            f"{text}; {after.sparsity:.1%} of all parameters ({after.nonzero:,} of {after.params:,} nonzero);"
+            f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
+        )
 
     def _apply(self, recipe: str) -> None:
         try:

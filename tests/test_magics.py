@@ -97,7 +97,9 @@ def test_eval_and_data_measure_before_and_after(ip) -> None:
     out = run(ip, "%%prune model --eval agreement -o res\nclip amount=0.9\n")
     res = ip.user_ns["res"]
     assert res.metric_before == 1.0 and res.metric_after < 1.0
-    assert "agreement  1 → " in out.outputs[0].data["text/plain"]
+    text = out.outputs[0].data["text/plain"]
+    after = f"{res.metric_after:.1%}"
+    assert f"agreement  100.0% → {after} ({(res.metric_after - 1) * 100:+.1f} points)" in text
     run(ip, "%prune reset model")
     out = run(ip, '%%prune model --data "(X, y)" --example-input X[:1] -o res\nclip amount=0.9\n')
     res = ip.user_ns["res"]

@@ -460,3 +460,46 @@ def test_values_that_differ_from_the_cell_are_marked_with_a_recipe_to_paste(dash
     board.sliders[0, "amount"].value = 0.5
     board.wait()
     assert board.copy.layout.display == "none"
+
+
+def test_explore_measures_the_sparsity_its_slider_sets_and_formats_the_metric(mlp) -> None:
+    from prune_magic.widgets import ExploreView
+
+    x = torch.randn(128, 64)
+    y = mlp(x).argmax(1)
+
+    def agreement(model):
+        return float((model(x).argmax(1) == y).float().mean())
+
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
+    view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"), charts=False)
+    assert view.wait(30)
+    swept = sum(sweep.sizes.values())
+    dry = view.rerun.dry_run(view.recipe())
+    zero = sum(r.params - r.nonzero for r in dry.after.rows if r.name[: -len(".weight")] in sweep.curves)
+    import html
+
+    measured = html.unescape(view.measured.value)
+    assert f"{zero / swept:.1%} of the swept layers' weights zero (overall sparsity 50.0%)" in measured
+    assert "% of all parameters" in measured
+    assert "measured agreement: " in view.measured.value and "%" in view.estimate.value
+    pm.prune(mlp, "clip amount=0.3 layers=fc1")  # zeros already there: the difference is explained
+    view.overall.value = 0.2
+    assert view.wait(30)
+    assert "were zero before" in view.measured.value
+
+
+def test_the_dashboard_counts_sparsity_both_ways_and_shows_metrics_as_percentages(dashboard) -> None:
+    import html
+
+    board, model, _ = dashboard
+    board.sliders[0, "amount"].value = 0.8
+    board.wait()
+    facts = dict(board.view.summary())
+    entry = pm.history(model).entries[-1]
+    assert facts["pruned layers"] == f"0.0% → {entry.sparsity:.1%} of their weights zero"  # as history counts
+    assert facts["sparsity"] == f"0.0% → {pm.report(model).sparsity:.1%} of all parameters"
+    after = board.view.result.metric_after
+    assert facts["agreement"] == f"100.0% → {after:.1%} ({(after - 1) * 100:+.1f} points)"
+    assert html.escape(facts["agreement"]) in board.summary.value
+    assert "of the weights each step selected" in str(pm.history(model))

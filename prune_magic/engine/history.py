@@ -27,6 +27,9 @@ from .reparam import refresh
 from .report import format_bytes
 from .snapshot import Record, Signature, redo_all, restore_all, tensors_by_name
 
+#: What the history's sparsity column counts (a report's sparsity counts every parameter).
+SPARSITY_NOTE = "sparsity: of the weights each step selected (the pruned layers' weights; biases not counted)"
+
 
 @dataclass
 class Entry:
@@ -77,6 +80,8 @@ class History:
             lines.append(f"{i:>2}  {entry.step:<48} {entry.sparsity:>8.1%} {memory:>12}")
         if not self.entries:
             lines.append("    (no steps)")
+        else:
+            lines.append(SPARSITY_NOTE)
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -87,7 +92,9 @@ class History:
             f"<td>{format_bytes(e.undo_bytes) if e.undoable else 'not kept'}</td></tr>"
             for i, e in enumerate(self.entries, start=1)
         )
-        note = f"<p>{self.note}</p>" if self.note else ""
+        note = (f"<p>{SPARSITY_NOTE}</p>" if self.entries else "") + (
+            f"<p>{self.note}</p>" if self.note else ""
+        )
         return (
             "<table><thead><tr><th>#</th><th>step</th><th>sparsity</th><th>undo memory</th></tr>"
             f"</thead><tbody>{rows}</tbody></table>{note}"

@@ -114,7 +114,7 @@ def test_metrics_before_and_after(mlp) -> None:
     )
     assert result.metric_before == {"agree": 1.0}
     assert result.metric_after["agree"] < 1.0
-    assert any(line.startswith("agree 1 -> ") for line in result.lines())
+    assert any(line.startswith("agree 100.0% -> ") and line.endswith(" points)") for line in result.lines())
     assert [(m.name, m.before) for m in result.metrics()] == [("agree", 1.0)]
 
 
@@ -133,7 +133,7 @@ def test_the_result_carries_its_notes_as_facts_the_text_and_the_view_both_draw(m
     assert [v for k, v in PruneView(result, "mlp").summary() if k == "note"] == [
         str(n) for n in result.remarks()
     ]
-    assert view["sparsity"].endswith("%")
+    assert view["sparsity"].endswith("% of all parameters")
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
