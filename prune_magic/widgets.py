@@ -100,7 +100,7 @@ class PruneDashboard:
         )  # fmt: skip
         self.undo_button.on_click(lambda _: self._queue("history", lambda: self._history("undo")))
         self.reset_button.on_click(lambda _: self._queue("history", lambda: self._history("reset")))
-        self.refresh_button.on_click(lambda _: self._queue("history", lambda: self._redraw(measure=True)))
+        self.refresh_button.on_click(lambda _: self._queue("history", lambda: self._sync_now(measure=True)))
         # the recipe with the sliders' values, to paste into the cell (shown when it differs from it)
         self.copy = w.Textarea(
             description="recipe", layout=w.Layout(display="none", width="100%"),
@@ -120,6 +120,9 @@ class PruneDashboard:
              w.HBox([self.summary, self.curve]), self.image, self.training, self.layer, self.histogram]
         )  # fmt: skip
         self._show(result)
+        for older in list(_DASHBOARDS):  # a re-run cell's earlier dashboard is gone from the page
+            if older.rerun.tag == rerun.tag and older.rerun.model is rerun.model:
+                _DASHBOARDS.discard(older)
         _DASHBOARDS.add(self)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -136,7 +139,15 @@ class PruneDashboard:
     def sync(self) -> None:
         """Redraw (on the dashboard's thread) if the model changed since the dashboard drew."""
         if self.stale:
-            self.worker.submit("sync", lambda: self._redraw() if self.stale else None)
+            self.worker.submit("sync", self._sync)
+
+    def _sync(self) -> None:
+        if not self.stale:
+            return
+        try:
+            self._redraw()
+        except Exception as exc:  # (the worker must go on: a cell waits for it)
+            self.status.value = _error(exc)
 
     def _queue(self, kind: str, task: Callable[[], None]) -> None:
         self.status.value = "<i>updating…</i>"
@@ -187,7 +198,13 @@ class PruneDashboard:
             self.status.value = _error(exc)
         finally:
             self._busy(False)
-        self._redraw(measure=True)
+        self._sync_now(measure=True)
+
+    def _sync_now(self, measure: bool) -> None:
+        try:
+            self._redraw(measure=measure)
+        except Exception as exc:  # (the worker must go on: a cell waits for it)
+            self.status.value = _error(exc)
 
     def _progress(self, progress: Any) -> None:
         """Training during a re-run: say how far it got (at most 4 times a second)."""

@@ -503,3 +503,19 @@ def test_the_dashboard_counts_sparsity_both_ways_and_shows_metrics_as_percentage
     assert facts["agreement"] == f"100.0% → {after:.1%} ({(after - 1) * 100:+.1f} points)"
     assert html.escape(facts["agreement"]) in board.summary.value
     assert "of the weights each step selected" in str(pm.history(model))
+
+
+def test_only_the_latest_dashboard_of_a_cell_follows_the_model(dashboard) -> None:
+    from prune_magic.widgets import _DASHBOARDS
+
+    board, _, _ = dashboard
+    again = PruneDashboard(board.rerun("clip amount=0.6 scope=global"), "mlp", board.rerun)  # the cell re-run
+    assert again in _DASHBOARDS and board not in _DASHBOARDS
+
+
+def test_a_redraw_that_fails_shows_in_the_status_and_the_worker_goes_on(dashboard, monkeypatch) -> None:
+    board, model, _ = dashboard
+    pm.undo(model)
+    monkeypatch.setattr(board, "_redraw", lambda measure=False: 1 / 0)
+    board.sync()
+    assert board.wait(10) and "ZeroDivisionError" in board.status.value
