@@ -73,7 +73,11 @@ def test_a_cell_clips_the_model_in_place(ip) -> None:
     )
     bundle = out.outputs[0].data
     assert {"text/plain", "text/html", "image/png"} <= set(bundle)
-    assert "sparsity  0.0% → 79." in bundle["text/plain"]
+    assert "sparsity  0.0% → 79." in bundle["text/plain"] and "% of all parameters" in bundle["text/plain"]
+    # the other count, labelled as such, is the one %prune history shows
+    assert "pruned layers  0.0% → 80.0% of their weights zero" in bundle["text/plain"]
+    history = str(run(ip, "%prune history model").outputs[0].data["text/plain"])
+    assert "80.0%" in history and "of the weights each step selected" in history
 
 
 def test_dotted_names_and_expanded_values(ip) -> None:
