@@ -137,6 +137,9 @@ class PruneMagics(Magics):
 
     def _post_run_cell(self, result: Any) -> None:
         self._cell_id = None
+        widgets = sys.modules.get("prune_magic.widgets")
+        if widgets is not None:  # the cell may have changed a model a dashboard shows (%prune undo, ...)
+            widgets.sync_dashboards()
 
     @_options()
     @_option(

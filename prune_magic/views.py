@@ -15,6 +15,7 @@ from typing import Any
 
 from . import plots
 from .engine import PruneResult, Report
+from .engine.evaluate import format_change, format_metric
 from .engine.report import SPARSE_FORMAT, format_bytes, format_count
 from .engine.result import WHY_STRUCTURED, describe_curve
 from .engine.sensitivity import Sensitivity
@@ -28,6 +29,7 @@ class PruneView:
     name: str
     charts: bool = True
     _png: bytes | None = field(default=None, repr=False)
+    unmeasured: str = ""  # why the metric after is missing (a live view of a changed model), if it is
 
     def summary(self) -> list[tuple[str, str]]:
         """(label, value) pairs: the facts at the top of the cell's output."""
@@ -38,9 +40,14 @@ class PruneView:
             facts += [
                 ("params", _change(b.params, a.params)),
                 ("nonzero", f"{b.nonzero:,} → {a.nonzero:,}"),
-                ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%}"),
+                ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%} of all parameters"),
                 ("size", _size(b, a)),
             ]
+            pruned = r.pruned_sparsity()
+            if pruned is not None:  # (what %prune history counts: the weights the steps selected)
+                facts.insert(
+                    -1, ("pruned layers", f"{pruned.before:.1%} → {pruned.after:.1%} of their weights zero")
+                )
             macs, latency = r.macs(), r.latency()
             if macs is not None:
                 note = "" if r.structured else " (zeros in dense weights still cost MACs)"
@@ -57,9 +64,9 @@ class PruneView:
                 )
             if r.structured:
                 facts.append(("why", WHY_STRUCTURED))
-        facts += [
-            (m.name, f"{m.before:.4g} → {m.after:.4g} ({m.after - m.before:+.4g})") for m in r.metrics()
-        ]
+        facts += [(m.name, format_change(m.name, m.before, m.after)) for m in r.metrics()]
+        if self.unmeasured and not r.metrics():
+            facts.append((r.metric_name, self.unmeasured))
         for s in r.steps:
             if s.quantized is not None:
                 facts.append(("quantized", s.quantized.line()))
@@ -223,7 +230,7 @@ def progress_text(progress: Any) -> str:
         done = f"{progress.stage}, {done}"
     point = progress.point
     metric = (
-        f"; {point.label}: {point.metric:.4g}"
+        f"; {point.label}: {format_metric('metric', point.metric)}"
         if point is not None and isinstance(point.metric, float)
         else ""
     )

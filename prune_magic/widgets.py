@@ -6,12 +6,14 @@ a static view (:mod:`.views`) to viewers without widgets.
 from __future__ import annotations
 
 import html
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import plots
 from .engine import PruneResult, Recipe
+from .engine.evaluate import format_metric, is_fraction
 from .engine.report import SPARSE_FORMAT, format_bytes
 from .engine.sensitivity import Sensitivity
 from .views import PruneView, SweepView, dequantized_weight, progress_text
@@ -27,6 +29,12 @@ class PruneDashboard:
     last good state and the error shows in the dashboard. Sliders update on release; the
     work runs on a thread of the dashboard's own (:class:`~prune_magic.worker.Worker`),
     "updating…" shows meanwhile, and :meth:`wait` blocks until it is done.
+
+    Everything it shows is drawn from the model's current state and history: after Undo,
+    Reset, or a change made elsewhere (another cell, ``pm.undo`` from Python, noticed after
+    each cell through :func:`sync_dashboards`), the sliders, recipe line, summary, charts
+    and buttons are drawn again; a metric that would need a new evaluation is marked as not
+    measured, and Refresh measures it.
     """
 
     def __init__(
@@ -44,7 +52,14 @@ class PruneDashboard:
         self.name, self.rerun, self.charts = name, rerun, charts
         self.worker = Worker()
         self.view = PruneView(result, name, charts)
-        self.recipe = result.recipe
+        self.result = result  # the last run, while the model is as it left it
+        self.recipe = result.recipe  # the recipe the sliders edit
+        self.source = result.recipe  # the cell's own recipe: the dashboard says when the sliders differ
+        self.applied = result.recipe  # the steps of this cell that the model holds now
+        self.drawn: tuple[object, ...] = ()  # the history's version the dashboard drew
+        self._run: list[int] = []  # the history entries the last run applied (their ids) ...
+        self._base: list[int] = []  # ... and the ones before them: the model's state before the cell
+        self._quiet = False  # set while the dashboard moves its own sliders to match the model
         self.tried: list[tuple[float, float]] = []  # (slider value, metric) of the points tried
         self.summary = w.HTML()
         self.image = w.Image(format="png")
@@ -79,24 +94,60 @@ class PruneDashboard:
         self.layer.observe(lambda _: self.worker.submit("draw", self._draw_histogram), "value")
         self.undo_button = w.Button(description="Undo", icon="undo")
         self.reset_button = w.Button(description="Reset", icon="refresh")
+        self.refresh_button = w.Button(
+            description="Refresh", icon="sync", layout=w.Layout(display="none"),
+            tooltip="measure the model as it is now and redraw",
+        )  # fmt: skip
         self.undo_button.on_click(lambda _: self._queue("history", lambda: self._history("undo")))
         self.reset_button.on_click(lambda _: self._queue("history", lambda: self._history("reset")))
+        self.refresh_button.on_click(lambda _: self._queue("history", lambda: self._sync_now(measure=True)))
+        # the recipe with the sliders' values, to paste into the cell (shown when it differs from it)
+        self.copy = w.Textarea(
+            description="recipe", layout=w.Layout(display="none", width="100%"),
+            style={"description_width": "initial"},
+        )  # fmt: skip
         for widget, name_ in (
             (self.summary, "summary"),
             (self.image, "chart"),
             (self.status, "status"),
             (self.line, "recipe"),
+            (self.copy, "copy"),
         ):
             widget.add_class(f"prune-magic-{name_}")
         self.box = w.VBox(
-            [*self.sliders.values(), self.line, w.HBox([self.undo_button, self.reset_button, self.status]),
+            [*self.sliders.values(), self.line, self.copy,
+             w.HBox([self.undo_button, self.reset_button, self.refresh_button, self.status]),
              w.HBox([self.summary, self.curve]), self.image, self.training, self.layer, self.histogram]
         )  # fmt: skip
         self._show(result)
+        for older in list(_DASHBOARDS):  # a re-run cell's earlier dashboard is gone from the page
+            if older.rerun.tag == rerun.tag and older.rerun.model is rerun.model:
+                _DASHBOARDS.discard(older)
+        _DASHBOARDS.add(self)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the queued slider moves and clicks have been applied."""
         return self.worker.wait(timeout)
+
+    @property
+    def stale(self) -> bool:
+        """Whether the model or its history changed since the dashboard drew."""
+        from .engine.history import version
+
+        return version(self.rerun.model) != self.drawn
+
+    def sync(self) -> None:
+        """Redraw (on the dashboard's thread) if the model changed since the dashboard drew."""
+        if self.stale:
+            self.worker.submit("sync", self._sync)
+
+    def _sync(self) -> None:
+        if not self.stale:
+            return
+        try:
+            self._redraw()
+        except Exception as exc:  # (the worker must go on: a cell waits for it)
+            self.status.value = _error(exc)
 
     def _queue(self, kind: str, task: Callable[[], None]) -> None:
         self.status.value = "<i>updating…</i>"
@@ -104,7 +155,8 @@ class PruneDashboard:
 
     def _moved(self, index: int, option: str) -> Any:
         def changed(change: dict[str, Any]) -> None:
-            self._queue("update", lambda: self._update((index, option)))
+            if not self._quiet:
+                self._queue("update", lambda: self._update((index, option)))
 
         return changed
 
@@ -119,7 +171,9 @@ class PruneDashboard:
         try:
             result = self.rerun(Recipe(tuple(steps)))
         except Exception as exc:  # the engine rolled back: the model is at the last good state
-            self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+            self.status.value = _error(exc)
+            if self.stale:
+                self._redraw()
             return
         finally:
             self._busy(False)
@@ -127,7 +181,8 @@ class PruneDashboard:
         metric = _first_metric(result)
         if metric is not None:
             self.tried.append((values[moved], metric))
-        self._show(result)
+        # (re-applying from the cell's start is what a slider does: no "re-run" note each move)
+        self._show(replace(result, replaced=0))
 
     def _history(self, verb: str) -> None:
         from . import engine
@@ -139,12 +194,17 @@ class PruneDashboard:
             self.status.value = html.escape(
                 f"undid {done.step!r}" if verb == "undo" else f"reset: undid {len(done)} step(s)"  # type: ignore[union-attr, arg-type]
             )
-            report = engine.report(model)
-            self.summary.value = f"<pre>{html.escape(report.summary())}</pre>"
         except Exception as exc:
-            self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+            self.status.value = _error(exc)
         finally:
             self._busy(False)
+        self._sync_now(measure=True)
+
+    def _sync_now(self, measure: bool) -> None:
+        try:
+            self._redraw(measure=measure)
+        except Exception as exc:  # (the worker must go on: a cell waits for it)
+            self.status.value = _error(exc)
 
     def _progress(self, progress: Any) -> None:
         """Training during a re-run: say how far it got (at most 4 times a second)."""
@@ -158,17 +218,44 @@ class PruneDashboard:
 
     def _busy(self, busy: bool) -> None:
         # the sliders stay live (a move while busy is queued, and replaces one still waiting)
-        for widget in (self.undo_button, self.reset_button):
+        for widget in (self.undo_button, self.reset_button, self.refresh_button):
             widget.disabled = busy
         if busy or self.worker.waiting:
             self.status.value = "<i>updating…</i>"
         elif self.status.value.startswith("<i>updating…"):
             self.status.value = ""
+        if not busy:
+            self._enable()
 
-    def _show(self, result: PruneResult) -> None:
+    def _enable(self) -> None:
+        """Undo and Reset only when they can do something (else disabled, with the reason)."""
+        from .engine.history import changed_outside, history
+
+        model = self.rerun.model
+        why = ""
+        if not history(model).entries:
+            why = "no prune_magic step to undo"
+        elif changed_outside(model):
+            why = "the weights changed outside prune_magic since the last step (pm.forget(model) keeps them)"
+        for button in (self.undo_button, self.reset_button):
+            button.disabled = bool(why)
+            button.tooltip = why
+
+    def _show(self, result: PruneResult, state: State | None = None) -> None:
+        """Draw ``result``: the last run, or the model's current state (``state`` says which steps)."""
+        from .engine.history import history, version
+
+        self.drawn = version(self.rerun.model)
+        if state is None:
+            self.result, self.applied = result, result.recipe
+            entries = history(self.rerun.model).entries
+            ours = _trailing(entries, self.rerun.tag)
+            self._run = [id(e) for e in entries[len(entries) - ours :]]
+            self._base = [id(e) for e in entries[: len(entries) - ours]]
+            self._line(result.recipe, ())
+            self.refresh_button.layout.display = "none"
         self.view = PruneView(result, self.name, self.charts)
         self.summary.value = self.view.summary_html()
-        self.line.value = f"<code>{html.escape(str(result.recipe))}</code> reproduces this model"
         image = self.view.png()
         if image is not None:
             self.image.value = image
@@ -180,6 +267,93 @@ class PruneDashboard:
         if self.charts and len(self.tried) > 1:
             self.curve.value = plots.png(plots.tried_chart(self.tried, result.metric_name))
             self.curve.layout.display = None
+        self._enable()
+
+    def _line(self, applied: Recipe, notes: tuple[str, ...]) -> None:
+        """The recipe line: what reproduces the model, and how it differs from the cell's source."""
+        if applied.steps:
+            text = f"<code>{html.escape(str(applied))}</code> reproduces this model"
+        else:
+            text = "this cell's recipe is not applied now (move a slider to apply it)"
+        differs = bool(applied.steps) and str(applied) != str(self.source)
+        if differs:
+            text += (
+                f" <b>— the cell says <code>{html.escape(str(self.source))}</code></b>;"
+                " paste the recipe below into the cell to keep these values"
+            )
+        text += "".join(f"<br>{html.escape(n)}" for n in notes)
+        self.line.value = text
+        self.copy.value = str(applied) if differs else ""
+        self.copy.layout.display = None if differs else "none"
+
+    def _redraw(self, measure: bool = False) -> None:
+        """Draw the model as it is now (after Undo, Reset or a change elsewhere), from its history.
+
+        A metric is shown when it is known for this state (the cell's start, or its last run);
+        otherwise ``measure`` evaluates the model here, or the row says it is not measured and
+        Refresh appears.
+        """
+        from .engine.history import changed_outside, history
+
+        model = self.rerun.model
+        entries = history(model).entries
+        ours = _trailing(entries, self.rerun.tag)
+        mine = entries[len(entries) - ours :]
+        rest = [id(e) for e in entries[: len(entries) - ours]]
+        later = [e for e in entries[: len(entries) - ours] if id(e) not in self._base]
+        outside = changed_outside(model)
+        state = State(
+            tuple(e.step for e in mine), tuple(e.step for e in later), tuple(outside),
+            at_start=rest == self._base,
+        )  # fmt: skip
+        if not outside and rest == self._base and [id(e) for e in mine] == self._run:
+            self._show(self.result)  # as the last run left it
+            return
+        applied = Recipe(tuple(_step(text) for text in state.mine))
+        self.applied = applied
+        self._quiet = True  # the sliders show the applied values (0: the step is not applied)
+        try:
+            for (index, option), slider in self.sliders.items():
+                steps = applied.steps
+                slider.value = steps[index].number(option) if index < len(steps) else slider.min
+        finally:
+            self._quiet = False
+        if len(applied.steps) == len(self.recipe.steps):
+            self.recipe = applied
+        notes = state.notes(self.name)
+        metric = self._known_metric(state)
+        unmeasured = ""
+        if metric is None and self.result.metric_before is not None:
+            if measure:
+                try:
+                    metric = self.rerun.measure()
+                except Exception as exc:
+                    self.status.value = _error(exc)
+            if metric is None:
+                start = self.result.metric_before
+                known = (
+                    f"{format_metric(self.result.metric_name, start)} before the cell; "
+                    if isinstance(start, float)
+                    else ""
+                )
+                unmeasured = f"{known}not measured since the model changed: Refresh measures it"
+        from . import engine
+
+        now = engine.report(model, self.rerun.example_input)
+        result = PruneResult(
+            applied, tuple(_step_result(e) for e in mine), self.result.before, now,
+            self.result.metric_before, metric, False, 0.0, metric_name=self.result.metric_name,
+        )  # fmt: skip
+        self._line(applied, notes)
+        self._show(result, state)
+        self.view.unmeasured = unmeasured
+        self.summary.value = self.view.summary_html()
+        self.refresh_button.layout.display = None if unmeasured else "none"
+
+    def _known_metric(self, state: State) -> Any:
+        if not state.outside and state.at_start and not state.mine:  # back at the cell's start
+            return self.result.metric_before
+        return None
 
     def _draw_histogram(self) -> None:
         if not self.charts or not self.layer.value:
@@ -191,7 +365,7 @@ class PruneDashboard:
             return
         now = histogram(weight)
         before = self.start.get(self.layer.value)
-        clips = any(step.kind == "clip" for step in self.recipe.steps)  # (finetune, quantize: no cut)
+        clips = any(step.kind == "clip" for step in self.applied.steps)  # (finetune, quantize: no cut)
         figure = plots.magnitude_histogram(
             before or now, self.layer.value, cut=now.smallest_kept if now.zeros and clips else None
         )
@@ -199,6 +373,67 @@ class PruneDashboard:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return _with_widget(self.view._repr_mimebundle_(), self.box)
+
+
+@dataclass(frozen=True)
+class State:
+    """Where the model stands for a dashboard: its cell's steps still applied, steps applied
+    after them by others, tensors changed outside prune_magic."""
+
+    mine: tuple[str, ...]
+    later: tuple[str, ...]
+    outside: tuple[str, ...]
+    at_start: bool = True  # the steps before the cell's are all still there
+
+    def notes(self, name: str) -> tuple[str, ...]:
+        out = []
+        if self.later:
+            out.append(
+                f"changed since by {len(self.later)} later step(s) ({'; '.join(self.later[:3])});"
+                " moving a slider applies this cell's recipe on top of them"
+            )
+        if not self.at_start and not self.later:
+            out.append("steps applied before this cell have been undone too")
+        if self.outside:
+            shown = ", ".join(self.outside[:3]) + (" …" if len(self.outside) > 3 else "")
+            out.append(
+                f"{shown} changed outside prune_magic since the last step: Undo and Reset are off"
+                f" (pm.forget({name}) keeps the current weights)"
+            )
+        return tuple(out)
+
+
+def _trailing(entries: list[Any], tag: str | None) -> int:
+    """How many of the last entries are tagged ``tag`` (a cell's steps, at the end of the history)."""
+    count = 0
+    while count < len(entries) and entries[len(entries) - 1 - count].tag == tag:
+        count += 1
+    return count
+
+
+def _step(text: str) -> Any:
+    from .engine import parse_recipe
+
+    return parse_recipe(text).steps[0]
+
+
+def _step_result(entry: Any) -> Any:
+    from .engine.result import StepResult
+
+    return StepResult(_step(entry.step), (), entry.sparsity, entry.seconds, None)
+
+
+def _error(exc: BaseException) -> str:
+    return f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+
+
+_DASHBOARDS: weakref.WeakSet[PruneDashboard] = weakref.WeakSet()
+
+
+def sync_dashboards() -> None:
+    """Redraw every dashboard whose model changed since it drew (called after every cell)."""
+    for board in list(_DASHBOARDS):
+        board.sync()
 
 
 @dataclass
@@ -232,6 +467,12 @@ class PruneCall:
             progress=self.progress,
             latency=parsed.removes_channels,
         )
+
+    def measure(self) -> Any:
+        """The metric of the model as it is now (None without an eval function)."""
+        from .engine.prune import measure_metric
+
+        return measure_metric(self.model, self.evaluate)
 
     def dry_run(self, recipe: str | Recipe) -> PruneResult:
         """What ``recipe`` would do, measured, with the model left as it is."""
@@ -344,9 +585,11 @@ class ExploreView:
         """The estimate at once; the measurement (a dry run) on the worker, the latest move winning
         (``now``: here, as the cell that builds the view does)."""
         amounts = self.amounts()
+        name, estimate, baseline = self.sweep.metric_name, self.sweep.estimate(amounts), self.sweep.baseline
+        percent = is_fraction(name, estimate, baseline)
         self.estimate.value = html.escape(
-            f"estimated {self.sweep.metric_name}: {self.sweep.estimate(amounts):.4g}"
-            f" (baseline {self.sweep.baseline:.4g}; the sum of single-layer losses)"
+            f"estimated {name}: {format_metric(name, estimate, percent)}"
+            f" (baseline {format_metric(name, baseline, percent)}; the sum of single-layer losses)"
         )
         recipe = self.recipe()
         self.recipe_text.value = f"<pre>{html.escape(recipe or '(nothing pruned)')}</pre>"
@@ -369,14 +612,39 @@ class ExploreView:
             if not self.worker.waiting:
                 self.status.value = ""
         metric = _first_metric(result)
-        after = result.after
-        facts = [f"measured {self.sweep.metric_name}: {metric:.4g}" if metric is not None else ""]
-        if after is not None:
-            facts.append(
-                f"{after.nonzero:,} of {after.params:,} params nonzero ({after.sparsity:.1%} sparse);"
-                f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
-            )
+        name = self.sweep.metric_name
+        facts = [f"measured {name}: {format_metric(name, metric)}" if metric is not None else ""]
+        if result.after is not None and result.before is not None:
+            facts.append(self._sparsity(result.before, result.after))
         self.measured.value = html.escape("; ".join(f for f in facts if f))
+
+    def _sparsity(self, before: Any, after: Any) -> str:
+        """The measured sparsity of the swept layers' weights (what the overall slider sets), beside
+        the target, and why they differ, if they do; then the whole model's."""
+        swept = {f"{layer}.weight" for layer in self.sweep.curves}
+        rows = [r for r in after.rows if r.name in swept]
+        old = [r for r in before.rows if r.name in swept]
+        params = sum(r.params for r in rows) or 1
+        zeros = 1 - sum(r.nonzero for r in rows) / params
+        already = 1 - sum(r.nonzero for r in old) / (sum(r.params for r in old) or 1)
+        planned = sum(a * self.sweep.sizes.get(layer, 0) for layer, a in self.amounts().items())
+        target = planned / (sum(self.sweep.sizes.values()) or 1)
+        text = f"{zeros:.1%} of the swept layers' weights zero (overall sparsity {self.overall.value:.1%})"
+        why = []
+        if abs(target - self.overall.value) >= 0.001:
+            why.append(f"the layers' amounts add up to {target:.1%} (pinned layers, or a layer at its limit)")
+        if abs(zeros - target) >= 0.001:
+            why.append(
+                f"{already:.1%} of these weights were zero before, and a clip counts those zeros as pruned"
+                if already >= 0.001
+                else "each layer's amount rounds to whole weights"
+            )
+        if why:
+            text += ": " + "; ".join(why)
+        return (
+            f"{text}; {after.sparsity:.1%} of all parameters ({after.nonzero:,} of {after.params:,} nonzero);"
+            f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
+        )
 
     def _apply(self, recipe: str) -> None:
         try:

@@ -73,7 +73,11 @@ def test_a_cell_clips_the_model_in_place(ip) -> None:
     )
     bundle = out.outputs[0].data
     assert {"text/plain", "text/html", "image/png"} <= set(bundle)
-    assert "sparsity  0.0% → 79." in bundle["text/plain"]
+    assert "sparsity  0.0% → 79." in bundle["text/plain"] and "% of all parameters" in bundle["text/plain"]
+    # the other count, labelled as such, is the one %prune history shows
+    assert "pruned layers  0.0% → 80.0% of their weights zero" in bundle["text/plain"]
+    history = str(run(ip, "%prune history model").outputs[0].data["text/plain"])
+    assert "80.0%" in history and "of the weights each step selected" in history
 
 
 def test_dotted_names_and_expanded_values(ip) -> None:
@@ -97,7 +101,9 @@ def test_eval_and_data_measure_before_and_after(ip) -> None:
     out = run(ip, "%%prune model --eval agreement -o res\nclip amount=0.9\n")
     res = ip.user_ns["res"]
     assert res.metric_before == 1.0 and res.metric_after < 1.0
-    assert "agreement  1 → " in out.outputs[0].data["text/plain"]
+    text = out.outputs[0].data["text/plain"]
+    after = f"{res.metric_after:.1%}"
+    assert f"agreement  100.0% → {after} ({(res.metric_after - 1) * 100:+.1f} points)" in text
     run(ip, "%prune reset model")
     out = run(ip, '%%prune model --data "(X, y)" --example-input X[:1] -o res\nclip amount=0.9\n')
     res = ip.user_ns["res"]

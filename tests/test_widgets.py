@@ -343,3 +343,179 @@ def test_the_histogram_draws_a_cut_only_for_a_recipe_that_clips(mlp, monkeypatch
     PruneDashboard(rerun("quantize bits=8"), "mlp", rerun)
     PruneDashboard(rerun("clip amount=0.7"), "mlp", PruneCall(mlp, tag="cell-7"))
     assert cuts[0] is None and isinstance(cuts[-1], float)
+
+
+def shows_the_model(board, model) -> None:
+    """Every field of the dashboard agrees with the model as it is now."""
+    import html
+
+    report = pm.report(model)
+    drawn = board.view.result.after
+    assert [(r.name, r.nonzero) for r in drawn.rows] == [(r.name, r.nonzero) for r in report.rows]
+    assert f"{report.sparsity:.1%}" in board.summary.value
+    entries = [e for e in pm.history(model).entries if e.tag == board.rerun.tag]
+    slider = board.sliders[0, "amount"]
+    if entries:
+        assert (
+            html.escape(entries[-1].step) in board.line.value and "reproduces this model" in board.line.value
+        )
+        assert slider.value == pytest.approx(float(entries[-1].step.split("amount=")[1].split()[0]))
+    else:
+        assert "not applied" in board.line.value and slider.value == 0.0
+    assert "color:#b00" not in board.status.value
+    assert not board.stale
+
+
+def test_after_undo_every_field_describes_the_model_and_reset_is_disabled_not_an_error(
+    dashboard, monkeypatch
+) -> None:
+    from prune_magic import plots
+
+    board, model, calls = dashboard
+    board.sliders[0, "amount"].value = 0.99
+    board.wait()
+    chart = board.image.value
+    cuts: list[object] = []
+    draw = plots.magnitude_histogram
+    monkeypatch.setattr(
+        plots, "magnitude_histogram", lambda h, layer, cut=None: (cuts.append(cut), draw(h, layer, cut))[1]
+    )
+    measured = calls["n"]
+    board.undo_button.click()
+    board.wait()
+    shows_the_model(board, model)
+    assert zeros(model) == 0 and "undid" in board.status.value
+    assert board.image.value != chart and cuts[-1] is None  # the bar chart redrawn; no stale cut
+    assert "agreement" in board.summary.value and calls["n"] == measured  # the start's metric, known
+    assert board.undo_button.disabled and board.reset_button.disabled  # nothing left to undo
+    assert "no prune_magic step" in board.reset_button.tooltip
+    board.sliders[0, "amount"].value = 0.5  # the slider applies the recipe again
+    board.wait()
+    shows_the_model(board, model)
+    assert not board.undo_button.disabled and zeros(model) > 0
+
+
+def test_a_change_made_elsewhere_redraws_the_dashboard_and_refresh_measures(dashboard) -> None:
+    from prune_magic.widgets import sync_dashboards
+
+    board, model, calls = dashboard
+    pm.undo(model)  # from Python, as another cell would
+    assert board.stale
+    sync_dashboards()  # (what the hook after every cell calls)
+    board.wait()
+    shows_the_model(board, model)
+    pm.prune(model, "clip amount=0.3", tag="another cell")
+    sync_dashboards()
+    board.wait()
+    shows_the_model(board, model)
+    assert "later step(s) (clip amount=0.3)" in board.line.value
+    assert "not measured" in board.summary.value and board.refresh_button.layout.display is None
+    measured = calls["n"]
+    board.refresh_button.click()
+    board.wait()
+    assert calls["n"] == measured + 1 and "not measured" not in board.summary.value
+    assert board.refresh_button.layout.display == "none"
+
+
+def test_a_cell_that_undoes_redraws_the_dashboard_through_the_hook(dashboard) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    board, model, _ = dashboard
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "prune_magic")
+    try:
+        shell.user_ns["net"] = model
+        shell.run_cell("%prune undo net")
+    finally:
+        shell.run_line_magic("unload_ext", "prune_magic")
+    board.wait()
+    shows_the_model(board, model)
+
+
+def test_weights_changed_outside_disable_undo_and_say_why(dashboard) -> None:
+    board, model, _ = dashboard
+    with torch.no_grad():
+        model.fc1.bias.add_(1)  # as a training loop would
+    board.sync()
+    board.wait()
+    assert board.undo_button.disabled and board.reset_button.disabled
+    assert "changed outside prune_magic" in board.line.value and "pm.forget(mlp)" in board.line.value
+
+
+def test_slider_moves_add_no_rerun_note(dashboard) -> None:
+    board, _, _ = dashboard
+    for value in (0.6, 0.7):
+        board.sliders[0, "amount"].value = value
+        board.wait()
+    assert "re-run" not in board.summary.value
+
+
+def test_values_that_differ_from_the_cell_are_marked_with_a_recipe_to_paste(dashboard) -> None:
+    board, _, _ = dashboard
+    assert board.copy.layout.display == "none" and "the cell says" not in board.line.value
+    board.sliders[0, "amount"].value = 0.83
+    board.wait()
+    assert "the cell says <code>clip amount=0.5 scope=global</code>" in board.line.value
+    assert board.copy.value == "clip amount=0.83 scope=global" and board.copy.layout.display is None
+    board.sliders[0, "amount"].value = 0.5
+    board.wait()
+    assert board.copy.layout.display == "none"
+
+
+def test_explore_measures_the_sparsity_its_slider_sets_and_formats_the_metric(mlp) -> None:
+    from prune_magic.widgets import ExploreView
+
+    x = torch.randn(128, 64)
+    y = mlp(x).argmax(1)
+
+    def agreement(model):
+        return float((model(x).argmax(1) == y).float().mean())
+
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
+    view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"), charts=False)
+    assert view.wait(30)
+    swept = sum(sweep.sizes.values())
+    dry = view.rerun.dry_run(view.recipe())
+    zero = sum(r.params - r.nonzero for r in dry.after.rows if r.name[: -len(".weight")] in sweep.curves)
+    import html
+
+    measured = html.unescape(view.measured.value)
+    assert f"{zero / swept:.1%} of the swept layers' weights zero (overall sparsity 50.0%)" in measured
+    assert "% of all parameters" in measured
+    assert "measured agreement: " in view.measured.value and "%" in view.estimate.value
+    pm.prune(mlp, "clip amount=0.3 layers=fc1")  # zeros already there: the difference is explained
+    view.overall.value = 0.2
+    assert view.wait(30)
+    assert "were zero before" in view.measured.value
+
+
+def test_the_dashboard_counts_sparsity_both_ways_and_shows_metrics_as_percentages(dashboard) -> None:
+    import html
+
+    board, model, _ = dashboard
+    board.sliders[0, "amount"].value = 0.8
+    board.wait()
+    facts = dict(board.view.summary())
+    entry = pm.history(model).entries[-1]
+    assert facts["pruned layers"] == f"0.0% → {entry.sparsity:.1%} of their weights zero"  # as history counts
+    assert facts["sparsity"] == f"0.0% → {pm.report(model).sparsity:.1%} of all parameters"
+    after = board.view.result.metric_after
+    assert facts["agreement"] == f"100.0% → {after:.1%} ({(after - 1) * 100:+.1f} points)"
+    assert html.escape(facts["agreement"]) in board.summary.value
+    assert "of the weights each step selected" in str(pm.history(model))
+
+
+def test_only_the_latest_dashboard_of_a_cell_follows_the_model(dashboard) -> None:
+    from prune_magic.widgets import _DASHBOARDS
+
+    board, _, _ = dashboard
+    again = PruneDashboard(board.rerun("clip amount=0.6 scope=global"), "mlp", board.rerun)  # the cell re-run
+    assert again in _DASHBOARDS and board not in _DASHBOARDS
+
+
+def test_a_redraw_that_fails_shows_in_the_status_and_the_worker_goes_on(dashboard, monkeypatch) -> None:
+    board, model, _ = dashboard
+    pm.undo(model)
+    monkeypatch.setattr(board, "_redraw", lambda measure=False: 1 / 0)
+    board.sync()
+    assert board.wait(10) and "ZeroDivisionError" in board.status.value

@@ -53,6 +53,39 @@ def metric_changes(before: Metric, after: Metric, name: str = "metric") -> list[
     return []
 
 
+_NOT_A_FRACTION = ("loss", "error", "mse", "mae", "nll", "perplexity", "ppl", "distance")
+
+
+def is_fraction(name: str, *values: float) -> bool:
+    """Whether a metric reads as a percentage: values in [0, 1], and a name that is not a loss's."""
+    return all(0.0 <= v <= 1.0 for v in values) and not any(w in name.lower() for w in _NOT_A_FRACTION)
+
+
+def format_metric(name: str, value: float, percent: bool | None = None) -> str:
+    """One metric value: a percentage for accuracy-like ones, else 4 significant digits.
+
+    >>> format_metric("accuracy", 0.9622), format_metric("loss", 0.31416)
+    ('96.2%', '0.3142')
+    """
+    if percent if percent is not None else is_fraction(name, value):
+        return f"{value:.1%}"
+    return f"{value:.4g}"
+
+
+def format_change(name: str, before: float, after: float, arrow: str = "→") -> str:
+    """``96.2% → 90.4% (-5.8 points)`` for accuracy-like metrics, ``0.3142 → 0.4 (+0.0858)`` else.
+
+    >>> format_change("accuracy", 0.9622, 0.9044)
+    '96.2% → 90.4% (-5.8 points)'
+    >>> format_change("agreement", 1.0, 0.5273, "->")
+    '100.0% -> 52.7% (-47.3 points)'
+    """
+    if is_fraction(name, before, after):
+        delta = f"{(after - before) * 100:+.1f} points"
+        return f"{before:.1%} {arrow} {after:.1%} ({delta})"
+    return f"{before:.4g} {arrow} {after:.4g} ({after - before:+.3g})"
+
+
 def metric_name(evaluate: Evaluate | None) -> str:
     name = getattr(evaluate, "__name__", "")
     return name if name.isidentifier() else "metric"  # a lambda is called "<lambda>"

@@ -14,6 +14,7 @@ counter and are not seen.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ from .guard import exclusive
 from .reparam import refresh
 from .report import format_bytes
 from .snapshot import Record, Signature, redo_all, restore_all, tensors_by_name
+
+#: What the history's sparsity column counts (a report's sparsity counts every parameter).
+SPARSITY_NOTE = "sparsity: of the weights each step selected (the pruned layers' weights; biases not counted)"
 
 
 @dataclass
@@ -54,6 +58,7 @@ class History:
     entries: list[Entry] = field(default_factory=list)
     note: str = ""
     versions: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    version: int = 0  # bumped by every change to the entries (see :func:`version`)
 
     @property
     def undo_bytes(self) -> int:
@@ -75,6 +80,8 @@ class History:
             lines.append(f"{i:>2}  {entry.step:<48} {entry.sparsity:>8.1%} {memory:>12}")
         if not self.entries:
             lines.append("    (no steps)")
+        else:
+            lines.append(SPARSITY_NOTE)
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -85,7 +92,9 @@ class History:
             f"<td>{format_bytes(e.undo_bytes) if e.undoable else 'not kept'}</td></tr>"
             for i, e in enumerate(self.entries, start=1)
         )
-        note = f"<p>{self.note}</p>" if self.note else ""
+        note = (f"<p>{SPARSITY_NOTE}</p>" if self.entries else "") + (
+            f"<p>{self.note}</p>" if self.note else ""
+        )
         return (
             "<table><thead><tr><th>#</th><th>step</th><th>sparsity</th><th>undo memory</th></tr>"
             f"</thead><tbody>{rows}</tbody></table>{note}"
@@ -104,6 +113,28 @@ def history(model: nn.Module) -> History:
     """
     past = _HISTORIES.get(model)  # (not `or`: a History with no steps is falsy, and may carry a note)
     return past if past is not None else History()
+
+
+_CHANGES = itertools.count(1)  # one sequence for every model: a version is never reused
+
+
+def _changed(past: History) -> None:
+    past.version = next(_CHANGES)
+
+
+def version(model: nn.Module) -> tuple[object, ...]:
+    """What a view of ``model`` drew from: equal values mean nothing has changed since.
+
+    It changes with every step applied, undone, rewound or forgotten, and when a tensor
+    is changed outside prune_magic (an optimizer step, say).
+
+    >>> from torch import nn
+    >>> layer = nn.Linear(2, 2)
+    >>> version(layer) == version(layer)
+    True
+    """
+    past = _HISTORIES.get(model)
+    return (past.version if past is not None else 0, tuple(sorted(changed_outside(model))))
 
 
 def _versions(model: nn.Module) -> dict[str, tuple[object, ...]]:
@@ -133,7 +164,7 @@ def begin(model: nn.Module) -> str:
         f"{_names(changed)} changed outside prune_magic after step {len(old)} ({old.entries[-1].step});"
         " history starts again from the current weights"
     )
-    _HISTORIES[model] = History(note=note)
+    _HISTORIES[model] = History(note=note, version=next(_CHANGES))
     return note
 
 
@@ -146,6 +177,7 @@ def commit(model: nn.Module, entry: Entry) -> None:
     else:
         past.entries.append(entry)
     past.versions = _versions(model)
+    _changed(past)
 
 
 def sync_versions(model: nn.Module) -> None:
@@ -179,6 +211,8 @@ def rewind(model: nn.Module, tag: str) -> list[Entry]:
         restore_all(model, entry.records, swap=True, expect=entry.before)
         undone.insert(0, entry)
     past.versions = _versions(model)
+    if undone:
+        _changed(past)
     return undone
 
 
@@ -189,6 +223,7 @@ def redo(model: nn.Module, entries: list[Entry]) -> None:
         redo_all(model, entry.records)
         past.entries.append(entry)
     past.versions = _versions(model)
+    _changed(past)
 
 
 def undo(model: nn.Module) -> Entry:
@@ -204,6 +239,7 @@ def undo(model: nn.Module) -> Entry:
         refresh(model)
         past.entries.pop()
         past.versions = _versions(model)
+        _changed(past)
     return entry
 
 
@@ -218,6 +254,7 @@ def reset(model: nn.Module) -> list[Entry]:
             past.entries.pop()
         refresh(model)
         past.versions = _versions(model)
+        _changed(past)
     return undone
 
 
@@ -225,6 +262,8 @@ def forget(model: nn.Module) -> int:
     """Drop the history of ``model`` (its weights stay as they are); return the bytes freed."""
     with exclusive(model, "pm.forget"):
         past = _HISTORIES.pop(model, None)
+        if past is not None:  # (an empty history, not none: views see the version change)
+            _HISTORIES[model] = History(version=next(_CHANGES))
     return past.undo_bytes if past else 0
 
 

@@ -370,6 +370,12 @@ def _sparsity(targets: list[Target], zeros: int | None) -> float:
     return zeros / total if total else 0.0
 
 
+def measure_metric(model: nn.Module, evaluate: Evaluate | None) -> Metric | None:
+    """The metric of ``model`` as it is now, measured as :func:`prune` measures it (in eval mode,
+    and refused if ``evaluate`` changed the weights); None without ``evaluate``."""
+    return _evaluate(evaluate, model)
+
+
 def _evaluate(evaluate: Evaluate | None, model: nn.Module) -> Metric | None:
     if evaluate is None:
         return None

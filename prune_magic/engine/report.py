@@ -86,7 +86,7 @@ class Report:
     def summary(self) -> str:
         """One line with the totals."""
         text = (
-            f"{self.params:,} params, {self.nonzero:,} nonzero ({self.sparsity:.1%} sparse); "
+            f"{self.params:,} params, {self.nonzero:,} nonzero ({self.sparsity:.1%} of all parameters zero); "
             f"{format_bytes(self.dense_bytes)} dense, {format_bytes(self.sparse_bytes)} as {SPARSE_FORMAT}"
         )
         if self.macs is not None:

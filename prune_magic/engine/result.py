@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .evaluate import Metric, metric_changes
+from .evaluate import Metric, format_change, format_metric, is_fraction, metric_changes
 from .quantize import Quantized
 from .recipe import Recipe, Step
 from .report import Report
@@ -88,6 +88,15 @@ class PruneResult:
         changes = metric_changes(self.metric_before, self.metric_after, self.metric_name)
         return [Change(name, before, after) for name, before, after in changes]
 
+    def pruned_sparsity(self) -> Change | None:
+        """Sparsity of the weights the recipe's clip steps selected (the pruned layers' weights,
+        as ``pm.history`` counts them), before and after; :attr:`Report.sparsity` counts every
+        parameter (biases too). None without a clip step or reports."""
+        names = {n for s in self.steps if s.step.kind == "clip" for n in s.targets}
+        if not names or self.before is None or self.after is None:
+            return None
+        return Change("pruned layers", _sparsity(self.before, names), _sparsity(self.after, names))
+
     def macs(self) -> Change | None:
         """MACs per forward of the example input, when one was given."""
         b, a = self.before, self.after
@@ -130,9 +139,13 @@ class PruneResult:
         out.extend(_step_line(s) for s in self.steps)
         if self.before is not None and self.after is not None:
             b, a = self.before, self.after
+            pruned = self.pruned_sparsity()
+            layers = (
+                f"; {pruned.before:.1%} -> {pruned.after:.1%} of the pruned layers' weights" if pruned else ""
+            )
             out.append(
                 f"nonzero {b.nonzero:,} -> {a.nonzero:,} of {a.params:,} params "
-                f"(sparsity {b.sparsity:.1%} -> {a.sparsity:.1%})"
+                f"(sparsity {b.sparsity:.1%} -> {a.sparsity:.1%} of all parameters{layers})"
             )
             if self.structured:
                 out.append(
@@ -148,9 +161,7 @@ class PruneResult:
                         f"latency {latency.before * 1e3:.2f} ms -> {latency.after * 1e3:.2f} ms per forward"
                         f" of the example input ({latency.before / latency.after:.2f}x faster, CPU, measured)"
                     )
-        out.extend(
-            f"{m.name} {m.before:.4g} -> {m.after:.4g} ({m.after - m.before:+.4g})" for m in self.metrics()
-        )
+        out.extend(f"{m.name} {format_change(m.name, m.before, m.after, '->')}" for m in self.metrics())
         out.extend(str(n) for n in remarks if n.kind in ("warning", "note"))
         return out
 
@@ -170,6 +181,12 @@ class PruneResult:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in self.lines())
         table = self.after._repr_html_() if self.after is not None else ""
         return f"<ul>{items}</ul>{table}"
+
+
+def _sparsity(report: Report, names: set[str]) -> float:
+    rows = [r for r in report.rows if r.name in names]
+    params = sum(r.params for r in rows)
+    return 1 - sum(r.nonzero for r in rows) / params if params else 0.0
 
 
 def _step_line(s: StepResult) -> str:
@@ -199,12 +216,14 @@ def describe_curve(s: StepResult) -> str:
     unit = "step" if s.step.kind == "clip" else "epoch"
     text = f"{len(trained)} {unit}{'s' if len(trained) != 1 else ''}"
     if trained and all(isinstance(p.metric, float) for p in trained):
+        floats = [p.metric for p in s.curve if isinstance(p.metric, float)]
+        percent = is_fraction("metric", *floats)  # (one format for every point of the curve)
         first = (
-            f" {start[0].metric:.4g} before training, then"
+            f" {format_metric('metric', start[0].metric, percent)} before training, then"
             if start and isinstance(start[0].metric, float)
             else ""
         )
-        each = ", ".join(f"{p.metric:.4g}" for p in trained)
+        each = ", ".join(format_metric("metric", p.metric, percent) for p in trained)  # type: ignore[arg-type]
         text += f"; metric{first} {each} after each"
     last = s.curve[-1]
     if last.loss is not None:

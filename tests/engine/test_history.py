@@ -114,7 +114,7 @@ def test_metrics_before_and_after(mlp) -> None:
     )
     assert result.metric_before == {"agree": 1.0}
     assert result.metric_after["agree"] < 1.0
-    assert any(line.startswith("agree 1 -> ") for line in result.lines())
+    assert any(line.startswith("agree 100.0% -> ") and line.endswith(" points)") for line in result.lines())
     assert [(m.name, m.before) for m in result.metrics()] == [("agree", 1.0)]
 
 
@@ -133,7 +133,7 @@ def test_the_result_carries_its_notes_as_facts_the_text_and_the_view_both_draw(m
     assert [v for k, v in PruneView(result, "mlp").summary() if k == "note"] == [
         str(n) for n in result.remarks()
     ]
-    assert view["sparsity"].endswith("%")
+    assert view["sparsity"].endswith("% of all parameters")
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
@@ -264,3 +264,24 @@ def test_an_eval_that_forgets_model_eval_cannot_break_undo(cnn) -> None:
     assert modes == [False, False] and cnn.training  # its own mode back afterwards
     sweep = pm.sensitivity(cnn, careless, levels=[0.5])
     assert same_bits(cnn, before) and sweep.complete
+
+
+def test_the_version_changes_with_every_step_undo_forget_and_outside_change(mlp) -> None:
+    from prune_magic.engine.history import version
+
+    seen = [version(mlp)]
+    pm.prune(mlp, "clip amount=0.5", tag="cell")
+    seen.append(version(mlp))
+    assert version(mlp) == seen[-1]  # unchanged while nothing happens
+    pm.prune(mlp, "clip amount=0.6", tag="cell")  # a re-run: rewound and applied again
+    seen.append(version(mlp))
+    pm.undo(mlp)
+    seen.append(version(mlp))
+    pm.prune(mlp, "clip amount=0.5")
+    seen.append(version(mlp))
+    with torch.no_grad():
+        mlp.fc1.weight.mul_(2)  # outside prune_magic
+    seen.append(version(mlp))
+    pm.forget(mlp)
+    seen.append(version(mlp))
+    assert len(set(seen)) == len(seen)

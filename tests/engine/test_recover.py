@@ -116,7 +116,7 @@ def test_finetune_recovers_and_reports_each_epoch(model: Digits, train, accuracy
     assert curve[-1].metric == result.metric_after == cut.metric_after
     assert [p.point for p in seen if p.point is not None] == list(curve[1:])
     assert seen[-1].done == seen[-1].total == 2 * -(-len(train[0]) // 64)
-    assert "finetune epochs=2: 2 epochs; metric 0.8022 before training, then" in str(result)
+    assert "finetune epochs=2: 2 epochs; metric 80.2% before training, then" in str(result)
 
 
 def test_training_is_seeded_and_leaves_the_users_random_state(model: Digits, train) -> None:  # type: ignore[no-untyped-def]
