@@ -261,7 +261,8 @@ class PruneMagics(Magics):
             self._user_ns[args.output] = result
         if args.quiet:
             return
-        from .widgets import PruneCall, PruneDashboard
+        from .rerun import PruneCall
+        from .widgets import PruneDashboard
 
         if live:
             rerun = PruneCall(model, evaluate, example, data, tag, train, loss)
@@ -334,13 +335,11 @@ class PruneMagics(Magics):
         if args.output:
             self._user_ns[args.output] = result
         if explore and getattr(self.shell, "kernel", None) is not None and result.complete:
-            from .widgets import ExploreView, PruneCall
+            from .explorer import ExploreView
+            from .rerun import PruneCall
 
-            live.done(
-                ExploreView(
-                    result, args.model, PruneCall(model, evaluate, example, data, f"explore:{args.model}")
-                )
-            )
+            call = PruneCall(model, evaluate, example, data, f"explore:{args.model}")
+            live.done(ExploreView(result, args.model, call))
             return
         live.done(SweepView(result, args.model, args.tolerance, self.charts))
 

@@ -1,6 +1,7 @@
-"""The live views: the ``%%prune`` dashboard (sliders re-apply the cell's recipe, buttons undo)
-and the explorer of a sensitivity sweep. Both run their work on a thread of their own and show
-a static view (:mod:`.views`) to viewers without widgets.
+"""The live ``%%prune`` dashboard: sliders re-apply the cell's recipe, buttons undo, and every
+field is redrawn from the model's state and history. Its work runs on a thread of its own
+(:mod:`.worker`); viewers without widgets see a static view (:mod:`.views`). The explorer of a
+sensitivity sweep is in :mod:`.explorer`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from typing import Any
 
 from . import plots
 from .engine import PruneResult, Recipe
-from .engine.evaluate import format_metric, is_fraction
-from .engine.report import SPARSE_FORMAT, format_bytes
-from .engine.sensitivity import Sensitivity
-from .views import PruneView, SweepView, dequantized_weight, progress_text
+from .engine.evaluate import format_metric
+from .rerun import PruneCall, first_metric, one_line, with_widget
+from .views import PruneView, dequantized_weight, progress_text
 from .worker import Worker
 
 
@@ -178,7 +178,7 @@ class PruneDashboard:
         finally:
             self._busy(False)
         self.recipe = result.recipe
-        metric = _first_metric(result)
+        metric = first_metric(result)
         if metric is not None:
             self.tried.append((values[moved], metric))
         # (re-applying from the cell's start is what a slider does: no "re-run" note each move)
@@ -372,7 +372,7 @@ class PruneDashboard:
         self.histogram.value = plots.png(figure)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return _with_widget(self.view._repr_mimebundle_(), self.box)
+        return with_widget(self.view._repr_mimebundle_(), self.box)
 
 
 @dataclass(frozen=True)
@@ -424,7 +424,7 @@ def _step_result(entry: Any) -> Any:
 
 
 def _error(exc: BaseException) -> str:
-    return f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
+    return f"<span style='color:#b00'>{html.escape(one_line(exc))}</span>"
 
 
 _DASHBOARDS: weakref.WeakSet[PruneDashboard] = weakref.WeakSet()
@@ -434,49 +434,6 @@ def sync_dashboards() -> None:
     """Redraw every dashboard whose model changed since it drew (called after every cell)."""
     for board in list(_DASHBOARDS):
         board.sync()
-
-
-@dataclass
-class PruneCall:
-    """A ``pm.prune`` call with everything but the recipe fixed: applies a cell's recipe again, as
-    the cell would (same model, eval, input and tag)."""
-
-    model: Any
-    evaluate: Any = None
-    example_input: Any = None
-    data: Any = None
-    tag: str | None = None
-    train: Any = None
-    loss: Any = None
-    progress: Any = None  # called while a step trains (the dashboard's status line)
-
-    def __call__(self, recipe: str | Recipe, dry_run: bool = False) -> PruneResult:
-        from . import engine
-
-        parsed = engine.parse_recipe(recipe)  # (once: the engine takes the Recipe as it is)
-        return engine.prune(
-            self.model,
-            parsed,
-            evaluate=self.evaluate,
-            example_input=self.example_input,
-            tag=self.tag,
-            data=self.data,
-            dry_run=dry_run,
-            train=self.train,
-            loss=self.loss,
-            progress=self.progress,
-            latency=parsed.removes_channels,
-        )
-
-    def measure(self) -> Any:
-        """The metric of the model as it is now (None without an eval function)."""
-        from .engine.prune import measure_metric
-
-        return measure_metric(self.model, self.evaluate)
-
-    def dry_run(self, recipe: str | Recipe) -> PruneResult:
-        """What ``recipe`` would do, measured, with the model left as it is."""
-        return self(recipe, dry_run=True)
 
 
 def _bounds(option: str, value: object) -> tuple[float, float, float] | None:
@@ -491,179 +448,3 @@ def _bounds(option: str, value: object) -> tuple[float, float, float] | None:
         top = 2 * value if value > 0 else 0.1
         return 0.0, top, top / 100
     return None
-
-
-def _first_metric(result: PruneResult) -> float | None:
-    metrics = result.metrics()
-    return metrics[0].after if metrics else None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-class ExploreView:
-    """One overall-sparsity slider spread over the layers by their sensitivity.
-
-    Each layer's amount follows the global slider (sensitive layers get less) until its
-    own slider is moved, which pins it. The metric is first estimated from the sweep, then
-    measured by a dry run (the model does not change) on a thread of the view's own, as the
-    dashboard's re-runs are (a move replaces a measurement still waiting); Apply writes the
-    per-layer recipe into the model as one undoable call.
-    """
-
-    def __init__(self, sweep: Sensitivity, name: str, rerun: PruneCall, charts: bool = True) -> None:
-        import ipywidgets as w
-
-        self.sweep, self.name, self.rerun, self.charts = sweep, name, rerun, charts
-        self.worker = Worker()  # dry runs off the kernel's thread: a slider move returns at once
-        self.pinned: dict[str, float] = {}
-        self._quiet = False  # set while the global slider moves the layer sliders
-        self.overall = w.FloatSlider(
-            value=0.5, min=0.0, max=0.95, step=0.01, description="overall sparsity",
-            continuous_update=False, readout_format=".0%", style={"description_width": "initial"},
-        )  # fmt: skip
-        self.overall.add_class("prune-magic-overall")
-        self.layers = {
-            layer: w.FloatSlider(
-                min=0.0,
-                max=0.99,
-                step=0.01,
-                description=layer,
-                continuous_update=False,
-                readout_format=".0%",
-                style={"description_width": "initial"},
-            )
-            for layer in sweep.curves
-        }
-        self.estimate = w.HTML()
-        self.measured = w.HTML()
-        self.recipe_text = w.HTML()
-        self.apply_button = w.Button(description="Apply", icon="check")
-        self.status = w.HTML()
-        self.overall.observe(lambda _: self._spread(), "value")
-        for layer, slider in self.layers.items():
-            slider.observe(self._pin(layer), "value")
-        self.apply_button.on_click(lambda _: self.worker.submit("apply", lambda: self._apply(self.recipe())))
-        self.box = w.VBox(
-            [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
-             w.HBox([self.apply_button, self.status])]
-        )  # fmt: skip
-        self._spread(now=True)  # (the first measurement in the cell, on the kernel's thread)
-
-    def amounts(self) -> dict[str, float]:
-        return {layer: round(slider.value, 4) for layer, slider in self.layers.items()}
-
-    def recipe(self) -> str:
-        return "\n".join(f"clip amount={a:g} layers={layer}" for layer, a in self.amounts().items() if a > 0)
-
-    def _spread(self, now: bool = False) -> None:
-        allocation = self.sweep.allocate(self.overall.value, self.pinned)
-        self._quiet = True
-        try:
-            for layer, amount in allocation.items():
-                self.layers[layer].value = amount
-        finally:
-            self._quiet = False
-        self._update(now)
-
-    def _pin(self, layer: str) -> Any:
-        def moved(change: dict[str, Any]) -> None:
-            if self._quiet:
-                return
-            self.pinned[layer] = float(change["new"])
-            self._update()
-
-        return moved
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the queued measurements and Apply have run."""
-        return self.worker.wait(timeout)
-
-    def _update(self, now: bool = False) -> None:
-        """The estimate at once; the measurement (a dry run) on the worker, the latest move winning
-        (``now``: here, as the cell that builds the view does)."""
-        amounts = self.amounts()
-        name, estimate, baseline = self.sweep.metric_name, self.sweep.estimate(amounts), self.sweep.baseline
-        percent = is_fraction(name, estimate, baseline)
-        self.estimate.value = html.escape(
-            f"estimated {name}: {format_metric(name, estimate, percent)}"
-            f" (baseline {format_metric(name, baseline, percent)}; the sum of single-layer losses)"
-        )
-        recipe = self.recipe()
-        self.recipe_text.value = f"<pre>{html.escape(recipe or '(nothing pruned)')}</pre>"
-        if not recipe:
-            self.measured.value = ""
-            return
-        self.status.value = "<i>measuring…</i>"
-        if now:
-            self._measure(recipe)
-        else:
-            self.worker.submit("update", lambda: self._measure(recipe))
-
-    def _measure(self, recipe: str) -> None:
-        try:
-            result = self.rerun.dry_run(recipe)
-        except Exception as exc:
-            self.measured.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
-            return
-        finally:
-            if not self.worker.waiting:
-                self.status.value = ""
-        metric = _first_metric(result)
-        name = self.sweep.metric_name
-        facts = [f"measured {name}: {format_metric(name, metric)}" if metric is not None else ""]
-        if result.after is not None and result.before is not None:
-            facts.append(self._sparsity(result.before, result.after))
-        self.measured.value = html.escape("; ".join(f for f in facts if f))
-
-    def _sparsity(self, before: Any, after: Any) -> str:
-        """The measured sparsity of the swept layers' weights (what the overall slider sets), beside
-        the target, and why they differ, if they do; then the whole model's."""
-        swept = {f"{layer}.weight" for layer in self.sweep.curves}
-        rows = [r for r in after.rows if r.name in swept]
-        old = [r for r in before.rows if r.name in swept]
-        params = sum(r.params for r in rows) or 1
-        zeros = 1 - sum(r.nonzero for r in rows) / params
-        already = 1 - sum(r.nonzero for r in old) / (sum(r.params for r in old) or 1)
-        planned = sum(a * self.sweep.sizes.get(layer, 0) for layer, a in self.amounts().items())
-        target = planned / (sum(self.sweep.sizes.values()) or 1)
-        text = f"{zeros:.1%} of the swept layers' weights zero (overall sparsity {self.overall.value:.1%})"
-        why = []
-        if abs(target - self.overall.value) >= 0.001:
-            why.append(f"the layers' amounts add up to {target:.1%} (pinned layers, or a layer at its limit)")
-        if abs(zeros - target) >= 0.001:
-            why.append(
-                f"{already:.1%} of these weights were zero before, and a clip counts those zeros as pruned"
-                if already >= 0.001
-                else "each layer's amount rounds to whole weights"
-            )
-        if why:
-            text += ": " + "; ".join(why)
-        return (
-            f"{text}; {after.sparsity:.1%} of all parameters ({after.nonzero:,} of {after.params:,} nonzero);"
-            f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
-        )
-
-    def _apply(self, recipe: str) -> None:
-        try:
-            result = self.rerun(recipe)
-        except Exception as exc:
-            self.status.value = f"<span style='color:#b00'>{html.escape(_one_line(exc))}</span>"
-            return
-        steps = len(result.steps)
-        self.status.value = html.escape(
-            f"applied as {steps} step(s); %prune undo {self.name} {steps} takes it back"
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return _with_widget(
-            SweepView(self.sweep, self.name, charts=self.charts)._repr_mimebundle_(), self.box
-        )
-
-
-def _with_widget(static: dict[str, Any], box: Any) -> dict[str, Any]:
-    """The static bundle (text, HTML, PNG for viewers without widgets) plus the widget view."""
-    view = box._repr_mimebundle_()
-    return {**static, **{k: v for k, v in view.items() if k != "text/plain"}}

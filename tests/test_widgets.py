@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import prune_magic as pm
-from prune_magic.widgets import PruneCall, PruneDashboard
+from prune_magic.rerun import PruneCall
+from prune_magic.widgets import PruneDashboard
 from tests.conftest import same_bits, state
 
 
@@ -121,7 +122,7 @@ def test_histograms_bin_every_weight_and_mark_the_cut(mlp) -> None:
 
 
 def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp) -> None:
-    from prune_magic.widgets import ExploreView
+    from prune_magic.explorer import ExploreView
 
     x = torch.randn(128, 64)
     y = mlp(x).argmax(1)
@@ -156,7 +157,7 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
 def test_explore_measures_off_the_kernels_thread(mlp) -> None:
     import threading
 
-    from prune_magic.widgets import ExploreView
+    from prune_magic.explorer import ExploreView
 
     x = torch.randn(64, 64)
     y = mlp(x).argmax(1)
@@ -463,7 +464,7 @@ def test_values_that_differ_from_the_cell_are_marked_with_a_recipe_to_paste(dash
 
 
 def test_explore_measures_the_sparsity_its_slider_sets_and_formats_the_metric(mlp) -> None:
-    from prune_magic.widgets import ExploreView
+    from prune_magic.explorer import ExploreView
 
     x = torch.randn(128, 64)
     y = mlp(x).argmax(1)

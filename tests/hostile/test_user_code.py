@@ -217,7 +217,7 @@ def test_a_loss_that_changes_weights_is_refused(mlp, x):
 
 
 def test_a_dashboard_update_whose_eval_prunes_the_model_is_refused(mlp):
-    from prune_magic.widgets import PruneCall
+    from prune_magic.rerun import PruneCall
 
     def nested(m):
         pm.prune(m, "clip amount=0.9")

@@ -1,0 +1,173 @@
+"""The explorer of a sensitivity sweep (``%prune explore``): one overall-sparsity slider
+spread over the layers by their sensitivity, per-layer sliders that pin a layer, a dry run
+that measures the metric, and Apply."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from .engine.evaluate import format_metric, is_fraction
+from .engine.report import SPARSE_FORMAT, format_bytes
+from .engine.sensitivity import Sensitivity
+from .rerun import PruneCall, first_metric, one_line, with_widget
+from .views import SweepView
+from .worker import Worker
+
+
+class ExploreView:
+    """One overall-sparsity slider spread over the layers by their sensitivity.
+
+    Each layer's amount follows the global slider (sensitive layers get less) until its
+    own slider is moved, which pins it. The metric is first estimated from the sweep, then
+    measured by a dry run (the model does not change) on a thread of the view's own, as the
+    dashboard's re-runs are (a move replaces a measurement still waiting); Apply writes the
+    per-layer recipe into the model as one undoable call.
+    """
+
+    def __init__(self, sweep: Sensitivity, name: str, rerun: PruneCall, charts: bool = True) -> None:
+        import ipywidgets as w
+
+        self.sweep, self.name, self.rerun, self.charts = sweep, name, rerun, charts
+        self.worker = Worker()  # dry runs off the kernel's thread: a slider move returns at once
+        self.pinned: dict[str, float] = {}
+        self._quiet = False  # set while the global slider moves the layer sliders
+        self.overall = w.FloatSlider(
+            value=0.5, min=0.0, max=0.95, step=0.01, description="overall sparsity",
+            continuous_update=False, readout_format=".0%", style={"description_width": "initial"},
+        )  # fmt: skip
+        self.overall.add_class("prune-magic-overall")
+        self.layers = {
+            layer: w.FloatSlider(
+                min=0.0,
+                max=0.99,
+                step=0.01,
+                description=layer,
+                continuous_update=False,
+                readout_format=".0%",
+                style={"description_width": "initial"},
+            )
+            for layer in sweep.curves
+        }
+        self.estimate = w.HTML()
+        self.measured = w.HTML()
+        self.recipe_text = w.HTML()
+        self.apply_button = w.Button(description="Apply", icon="check")
+        self.status = w.HTML()
+        self.overall.observe(lambda _: self._spread(), "value")
+        for layer, slider in self.layers.items():
+            slider.observe(self._pin(layer), "value")
+        self.apply_button.on_click(lambda _: self.worker.submit("apply", lambda: self._apply(self.recipe())))
+        self.box = w.VBox(
+            [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
+             w.HBox([self.apply_button, self.status])]
+        )  # fmt: skip
+        self._spread(now=True)  # (the first measurement in the cell, on the kernel's thread)
+
+    def amounts(self) -> dict[str, float]:
+        return {layer: round(slider.value, 4) for layer, slider in self.layers.items()}
+
+    def recipe(self) -> str:
+        return "\n".join(f"clip amount={a:g} layers={layer}" for layer, a in self.amounts().items() if a > 0)
+
+    def _spread(self, now: bool = False) -> None:
+        allocation = self.sweep.allocate(self.overall.value, self.pinned)
+        self._quiet = True
+        try:
+            for layer, amount in allocation.items():
+                self.layers[layer].value = amount
+        finally:
+            self._quiet = False
+        self._update(now)
+
+    def _pin(self, layer: str) -> Any:
+        def moved(change: dict[str, Any]) -> None:
+            if self._quiet:
+                return
+            self.pinned[layer] = float(change["new"])
+            self._update()
+
+        return moved
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the queued measurements and Apply have run."""
+        return self.worker.wait(timeout)
+
+    def _update(self, now: bool = False) -> None:
+        """The estimate at once; the measurement (a dry run) on the worker, the latest move winning
+        (``now``: here, as the cell that builds the view does)."""
+        amounts = self.amounts()
+        name, estimate, baseline = self.sweep.metric_name, self.sweep.estimate(amounts), self.sweep.baseline
+        percent = is_fraction(name, estimate, baseline)
+        self.estimate.value = html.escape(
+            f"estimated {name}: {format_metric(name, estimate, percent)}"
+            f" (baseline {format_metric(name, baseline, percent)}; the sum of single-layer losses)"
+        )
+        recipe = self.recipe()
+        self.recipe_text.value = f"<pre>{html.escape(recipe or '(nothing pruned)')}</pre>"
+        if not recipe:
+            self.measured.value = ""
+            return
+        self.status.value = "<i>measuring…</i>"
+        if now:
+            self._measure(recipe)
+        else:
+            self.worker.submit("update", lambda: self._measure(recipe))
+
+    def _measure(self, recipe: str) -> None:
+        try:
+            result = self.rerun.dry_run(recipe)
+        except Exception as exc:
+            self.measured.value = f"<span style='color:#b00'>{html.escape(one_line(exc))}</span>"
+            return
+        finally:
+            if not self.worker.waiting:
+                self.status.value = ""
+        metric = first_metric(result)
+        name = self.sweep.metric_name
+        facts = [f"measured {name}: {format_metric(name, metric)}" if metric is not None else ""]
+        if result.after is not None and result.before is not None:
+            facts.append(self._sparsity(result.before, result.after))
+        self.measured.value = html.escape("; ".join(f for f in facts if f))
+
+    def _sparsity(self, before: Any, after: Any) -> str:
+        """The measured sparsity of the swept layers' weights (what the overall slider sets), beside
+        the target, and why they differ, if they do; then the whole model's."""
+        swept = {f"{layer}.weight" for layer in self.sweep.curves}
+        rows = [r for r in after.rows if r.name in swept]
+        old = [r for r in before.rows if r.name in swept]
+        params = sum(r.params for r in rows) or 1
+        zeros = 1 - sum(r.nonzero for r in rows) / params
+        already = 1 - sum(r.nonzero for r in old) / (sum(r.params for r in old) or 1)
+        planned = sum(a * self.sweep.sizes.get(layer, 0) for layer, a in self.amounts().items())
+        target = planned / (sum(self.sweep.sizes.values()) or 1)
+        text = f"{zeros:.1%} of the swept layers' weights zero (overall sparsity {self.overall.value:.1%})"
+        why = []
+        if abs(target - self.overall.value) >= 0.001:
+            why.append(f"the layers' amounts add up to {target:.1%} (pinned layers, or a layer at its limit)")
+        if abs(zeros - target) >= 0.001:
+            why.append(
+                f"{already:.1%} of these weights were zero before, and a clip counts those zeros as pruned"
+                if already >= 0.001
+                else "each layer's amount rounds to whole weights"
+            )
+        if why:
+            text += ": " + "; ".join(why)
+        return (
+            f"{text}; {after.sparsity:.1%} of all parameters ({after.nonzero:,} of {after.params:,} nonzero);"
+            f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
+        )
+
+    def _apply(self, recipe: str) -> None:
+        try:
+            result = self.rerun(recipe)
+        except Exception as exc:
+            self.status.value = f"<span style='color:#b00'>{html.escape(one_line(exc))}</span>"
+            return
+        steps = len(result.steps)
+        self.status.value = html.escape(
+            f"applied as {steps} step(s); %prune undo {self.name} {steps} takes it back"
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return with_widget(SweepView(self.sweep, self.name, charts=self.charts)._repr_mimebundle_(), self.box)
