@@ -137,9 +137,11 @@ class PruneDashboard:
         return version(self.rerun.model) != self.drawn
 
     def sync(self) -> None:
-        """Redraw (on the dashboard's thread) if the model changed since the dashboard drew."""
+        """Redraw now if the model changed since the dashboard drew (after a cell, on the kernel's
+        thread: widgets updated from another thread while the kernel replies to the cell broke
+        ipykernel 7.0's sockets and hung the next cell)."""
         if self.stale:
-            self.worker.submit("sync", self._sync)
+            self._sync()
 
     def _sync(self) -> None:
         if not self.stale:
