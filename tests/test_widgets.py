@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -422,6 +424,10 @@ def test_a_cell_that_undoes_redraws_the_dashboard_through_the_hook(dashboard) ->
     from IPython.core.interactiveshell import InteractiveShell
 
     board, model, _ = dashboard
+    board.wait()
+    threads = []
+    redraw = board._redraw
+    board._redraw = lambda *args, **kwargs: (threads.append(threading.get_ident()), redraw(*args, **kwargs))
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "prune_magic")
     try:
@@ -429,7 +435,9 @@ def test_a_cell_that_undoes_redraws_the_dashboard_through_the_hook(dashboard) ->
         shell.run_cell("%prune undo net")
     finally:
         shell.run_line_magic("unload_ext", "prune_magic")
-    board.wait()
+    # redrawn before the cell returns, on the kernel's thread: a worker updating widgets while the
+    # kernel replies to the cell broke ipykernel 7.0.1's sockets (the Binder image) and hung the next cell
+    assert threads == [threading.get_ident()]
     shows_the_model(board, model)
 
 
