@@ -137,18 +137,13 @@ class PruneDashboard:
         return version(self.rerun.model) != self.drawn
 
     def sync(self) -> None:
-        """Redraw now if the model changed since the dashboard drew (after a cell, on the kernel's
-        thread: widgets updated from another thread while the kernel replies to the cell broke
-        ipykernel 7.0's sockets and hung the next cell)."""
-        if self.stale:
-            self._sync()
-
-    def _sync(self) -> None:
+        """Redraw now if the model changed since it drew (after a cell, on the kernel's thread: from
+        the worker, while the kernel replied, it broke ipykernel 7.0's sockets)."""
         if not self.stale:
             return
         try:
             self._redraw()
-        except Exception as exc:  # (the worker must go on: a cell waits for it)
+        except Exception as exc:  # (a failed redraw shows; the cell that ran goes on)
             self.status.value = _error(exc)
 
     def _queue(self, kind: str, task: Callable[[], None]) -> None:
