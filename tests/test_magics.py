@@ -379,5 +379,9 @@ def test_the_cell_magics_help_reads_as_text_and_starts_with_the_cell_form(ip) ->
     assert text.startswith("%%prune MODEL [--data DATA]")  # the form a notebook reader types first
     assert "``" not in text and "::" not in text  # no raw reST
     assert "%prune [" not in text and "--example-input EXPR" in text  # argparse's options, still listed
-    for line in ("clip amount=0.8 scope=global", "%prune undo MODEL [N]", "structured  remove whole channels"):
+    for line in (
+        "clip amount=0.8 scope=global",
+        "%prune undo MODEL [N]",
+        "structured  remove whole channels",
+    ):
         assert line in text
