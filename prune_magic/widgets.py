@@ -87,7 +87,8 @@ class PruneDashboard:
         key, metric = next(iter(self.sliders), None), first_metric(result)
         # the cell's own run: the first point of the tried chart
         self.first = (self.sliders[key].value, metric) if key is not None and metric is not None else None
-        weights = [r.name for r in (result.after.rows if result.after else ()) if r.name.endswith("weight")]
+        rows = [r for r in (result.after.rows if result.after else ()) if r.name.endswith("weight")]
+        weights = [(plots.layer_label(r), r.name) for r in rows]  # (fc1 · Linear 256×64, fc1.weight)
         self.layer = w.Dropdown(
             options=weights, description="histogram of", style={"description_width": "initial"}
         )
@@ -375,7 +376,10 @@ class PruneDashboard:
         clips = any(step.kind == "clip" for step in self.applied.steps)  # (finetune, quantize: no cut)
         cut = now.smallest_kept if now.zeros and clips else None
         figure = plots.magnitude_histogram(
-            before or now, self.layer.value, cut, structured_note(self.view.result, self.layer.value)
+            before or now,
+            self.layer.label or self.layer.value,
+            cut,
+            structured_note(self.view.result, self.layer.value),
         )
         show_image(self.histogram, plots.png(figure))
 

@@ -102,7 +102,11 @@ def test_threshold_and_sigma_get_sliders_too(mlp) -> None:
 
 def test_the_histogram_follows_the_chosen_layer_and_the_cut(dashboard) -> None:
     board, _, _ = dashboard
-    assert board.layer.options == ("fc1.weight", "fc2.weight", "out.weight")
+    assert board.layer.options == (
+        ("fc1 · Linear 256×64", "fc1.weight"),
+        ("fc2 · Linear 128×256", "fc2.weight"),
+        ("out · Linear 10×128", "out.weight"),
+    )  # named by name, type and shape; the value stays the weight's name
     first = board.histogram.value
     board.layer.value = "fc2.weight"
     board.wait()
