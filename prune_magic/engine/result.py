@@ -112,19 +112,23 @@ class PruneResult:
         return Change("latency", self.latency_before, self.latency_after)
 
     def latency_line(self, arrow: str = "→") -> str | None:
-        """``12.40 ms → 4.10 ms per forward of the example input (3.02x faster, ...)``, or, when the
-        two timings' middle halves overlap, that the model is too small to time reliably."""
+        """``12.40 ms → 4.10 ms per forward of the example input (3.02x faster, ...)``; or, when the two
+        timings' middle halves overlap or differ by under 5%, that the model is too small to time
+        reliably; a pass under a millisecond is said to be mostly overhead."""
         latency = self.latency()
         if latency is None:
             return None
         text = f"{latency.before * 1e3:.2f} ms {arrow} {latency.after * 1e3:.2f} ms per forward of the example input"
-        if self.timings is not None and self.timings[0].overlaps(self.timings[1]):
-            runs = min(t.runs for t in self.timings)
+        ratio = latency.before / latency.after
+        noise = self.timings is not None and self.timings[0].overlaps(self.timings[1])
+        if noise or abs(ratio - 1) < 0.05:
             return (
-                f"{text}: too small to time reliably (the difference is within the run-to-run noise"
-                f" of {runs}+ runs; a larger model or batch shows it)"
+                f"{text}: too small to time reliably (the difference is within the run-to-run noise;"
+                " a larger model or batch shows it)"
             )
-        return f"{text} ({latency.before / latency.after:.2f}x faster; measured on this CPU)"
+        if latency.before < 1e-3:  # per-call overhead, not arithmetic, sets the time of so short a pass
+            return f"{text} ({ratio:.2f}x faster; a pass under 1 ms is mostly overhead: the MACs removed barely show)"
+        return f"{text} ({ratio:.2f}x faster; measured on this CPU)"
 
     def remarks(self) -> list[Note]:
         """What to know beside the numbers: a dry run, a re-run, warnings and notes, in that order."""

@@ -177,7 +177,7 @@ class Sensitivity:
         width = max([len(n) for n in self.curves] + [5])
         head = "layer".ljust(width) + "".join(f"{level:>8.0%}" for level in self.levels)
         lines = [
-            f"{self.step} sensitivity: {self.metric_name} per layer and level (baseline {self.baseline:.4g})",
+            f"{self.step} sensitivity: {self.metric_name} per layer and level (baseline {self.cell(self.baseline)})",
             head,
         ]
         for layer, metrics in self.curves.items():

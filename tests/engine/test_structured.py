@@ -102,7 +102,16 @@ def test_a_latency_within_the_noise_is_called_too_small_to_time() -> None:
     clear = replace(
         noisy, latency_after=0.02, timings=(noisy.timings[0], Timing(0.02, 0.019, 0.021, 30))
     )  # fmt: skip
-    assert "3.20x faster" in (clear.latency_line() or "") and "too small" not in str(clear)
+    assert "3.20x faster; measured" in (clear.latency_line() or "") and "too small" not in str(clear)
+    within = replace(
+        clear, latency_after=0.0625, timings=(noisy.timings[0], Timing(0.0625, 0.0623, 0.0627, 12))
+    )
+    assert "too small to time reliably" in (within.latency_line() or "")  # apart, but by under 5%
+    short = replace(
+        clear, latency_before=4e-4, latency_after=2e-4,
+        timings=(Timing(4e-4, 3.9e-4, 4.1e-4, 600), Timing(2e-4, 1.9e-4, 2.1e-4, 900)),
+    )  # fmt: skip
+    assert "2.00x faster; a pass under 1 ms is mostly overhead" in (short.latency_line() or "")
 
 
 def test_transformer_prunes_mlp_hidden_units_and_keeps_heads() -> None:
