@@ -10,7 +10,7 @@ from typing import Any
 from .engine.evaluate import format_metric, is_fraction
 from .engine.report import SPARSE_FORMAT, format_bytes
 from .engine.sensitivity import Sensitivity
-from .rerun import PruneCall, first_metric, one_line, with_widget
+from .rerun import PruneCall, first_metric, one_line, show_image, with_widget
 from .views import SweepView
 from .worker import Worker
 
@@ -32,9 +32,14 @@ class ExploreView:
         self.worker = Worker()  # dry runs off the kernel's thread: a slider move returns at once
         self.pinned: dict[str, float] = {}
         self._quiet = False  # set while the global slider moves the layer sliders
+        labels = {layer: sweep.label(layer) for layer in sweep.curves}
+        # one description width and one slider width for all: the sliders' tracks line up
+        longest = max(len(text) for text in [*labels.values(), "overall sparsity"])
+        style = {"description_width": f"{0.55 * longest + 1:.1f}em"}
+        layout = w.Layout(width="min(100%, 60em)")
         self.overall = w.FloatSlider(
             value=0.5, min=0.0, max=0.95, step=0.01, description="overall sparsity",
-            continuous_update=False, readout_format=".0%", style={"description_width": "initial"},
+            continuous_update=False, readout_format=".0%", style=style, layout=layout,
         )  # fmt: skip
         self.overall.add_class("prune-magic-overall")
         self.layers = {
@@ -42,13 +47,16 @@ class ExploreView:
                 min=0.0,
                 max=0.99,
                 step=0.01,
-                description=layer,
+                description=label,
                 continuous_update=False,
                 readout_format=".0%",
-                style={"description_width": "initial"},
+                style=style,
+                layout=layout,
             )
-            for layer in sweep.curves
+            for layer, label in labels.items()
         }
+        for slider in self.layers.values():
+            slider.add_class("prune-magic-layer-slider")
         self.estimate = w.HTML()
         self.measured = w.HTML()
         self.recipe_text = w.HTML()
@@ -58,9 +66,17 @@ class ExploreView:
         for layer, slider in self.layers.items():
             slider.observe(self._pin(layer), "value")
         self.apply_button.on_click(lambda _: self.worker.submit("apply", lambda: self._apply(self.recipe())))
+        static = SweepView(sweep, name, charts=charts)
+        self.chart = w.Image(format="png", layout=w.Layout(display="none"))  # the sweep's curves
+        self.chart.add_class("prune-magic-sensitivity")
+        image = static.png()
+        if image is not None:
+            show_image(self.chart, image)
+            self.chart.layout.display = None
+        self.table = w.HTML(sweep._repr_html_())
         self.box = w.VBox(
             [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
-             w.HBox([self.apply_button, self.status])]
+             w.HBox([self.apply_button, self.status]), self.chart, self.table]
         )  # fmt: skip
         self._spread(now=True)  # (the first measurement in the cell, on the kernel's thread)
 

@@ -9,17 +9,27 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from IPython.core import magic_arguments as _magic_arguments
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, magics_class
 from IPython.core.magic_arguments import parse_argstring
 from IPython.display import display
 from traitlets import Bool, Integer
 
+from .arguments import (
+    DATA,
+    EVAL,
+    EXAMPLE_INPUT,
+    OUTPUT,
+    line_cell_magic_,
+    option,
+    options,
+    sweep_options,
+    usage,
+)
 from .namespace import model_names, unquoted
 
 if TYPE_CHECKING:
@@ -45,65 +55,6 @@ USAGE = "\n".join(
         "%%prune? shows every option with examples.",
     ]
 )
-
-
-_Function = TypeVar("_Function", bound=Callable[..., Any])
-
-
-def _options() -> Callable[[_Function], _Function]:
-    """IPython's ``@magic_arguments()``, typed: the function keeps its signature."""
-    decorator: Callable[[_Function], _Function] = _magic_arguments.magic_arguments()
-    return decorator
-
-
-def _line_cell_magic(method: _Function) -> _Function:
-    """IPython's ``@line_cell_magic``, typed (it records the method and returns it as it is)."""
-    line_cell_magic(method)
-    return method
-
-
-def _option(*names: str, **settings: Any) -> Callable[[_Function], _Function]:
-    """IPython's ``@argument(...)``, typed: the function keeps its signature."""
-    decorator: Callable[[_Function], _Function] = _magic_arguments.argument(*names, **settings)
-    return decorator
-
-
-# the options %%prune and %prune sensitivity/explore share
-_EVAL = _option(
-    "--eval",
-    dest="eval_fn",
-    metavar="FN",
-    help="a callable FN(model) -> float or dict of floats, run before and after",
-)
-_DATA = _option(
-    "--data",
-    metavar="DATA",
-    help="a DataLoader or an (X, y) pair: built-in top-1 accuracy before and after (unless --eval"
-    " is given), and the calibration data of steps that need it (by=wanda, importance=taylor)",
-)
-_EXAMPLE_INPUT = _option(
-    "--example-input",
-    metavar="EXPR",
-    help="an input for the model (an expression): counts MACs, and traces the model for structured steps",
-)
-_OUTPUT = _option(
-    "-o", "--output", metavar="NAME", help="store the result object in the namespace under NAME"
-)
-
-
-@_options()
-@_option("model", help="the nn.Module to sweep: a name in the namespace")
-@_EVAL
-@_DATA
-@_option("--levels", default="0.1,0.3,0.5,0.7,0.9", help="the amounts to try, comma-separated")
-@_option("--step", choices=("clip", "structured"), default="clip", help="how each layer is pruned")
-@_option("--layers", help="the layers to sweep (comma-separated names, globs or types)")
-@_option("--exclude", help="layers left out of the sweep")
-@_EXAMPLE_INPUT
-@_option("--tolerance", type=float, default=0.01, help="the budget: the metric lost per layer at most")
-@_OUTPUT
-def sweep_options(line: str) -> None:
-    """%prune sensitivity MODEL / %prune explore MODEL: sweep each layer alone at several levels."""
 
 
 @magics_class
@@ -141,67 +92,77 @@ class PruneMagics(Magics):
         if widgets is not None:  # the cell may have changed a model a dashboard shows (%prune undo, ...)
             widgets.sync_dashboards()
 
-    @_options()
-    @_option(
+    @options()
+    @option(
         "model", help="the nn.Module to prune: a name in the namespace (dotted access allowed: trainer.model)"
     )
-    @_EVAL
-    @_DATA
-    @_option(
+    @EVAL
+    @DATA
+    @option(
         "--train",
         metavar="DATA",
         help="a DataLoader or an (X, y) pair to train on (finetune, distill, clip ... finetune=)",
     )
-    @_option("--loss", metavar="FN", help="the training loss FN(output, target) (default: cross-entropy)")
-    @_EXAMPLE_INPUT
-    @_OUTPUT
-    @_option("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
-    @_option("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
-    @_line_cell_magic
+    @option("--loss", metavar="FN", help="the training loss FN(output, target) (default: cross-entropy)")
+    @EXAMPLE_INPUT
+    @OUTPUT
+    @option("--dry-run", action="store_true", help="show what the recipe would change, and change nothing")
+    @option("--quiet", action="store_true", help="show nothing (the result still goes to -o NAME)")
+    @usage(
+        "%%prune MODEL [--data DATA] [--eval FN] [--example-input EXPR] [--train DATA] [--loss FN]"
+        " [-o NAME] [--dry-run] [--quiet]\n"
+        "        (then the recipe, one step a line)"
+    )
+    @line_cell_magic_
     def prune(self, line: str, cell: str | None = None) -> None:
         """Prune a model in place with a recipe, and show what changed.
 
-        The cell body is the recipe, one step a line, ``#`` comments, ``{expr}``
-        expanded from the namespace::
+        Write the model's name after %%prune and the recipe below it, one step a line:
 
             %%prune model --data test_data
-            clip amount=0.8 scope=global exclude=classifier
+            clip amount=0.8 scope=global
+
+        The cell shows what changed (parameters, sparsity, size, the metric before and
+        after) and, in a notebook, sliders that re-apply the recipe with new values and
+        Undo/Reset buttons. Running the cell again starts from the model as it was before
+        the cell, so it does not prune twice.
+
+        More recipes:
 
             %%prune net --eval evaluate --example-input x[:1]
-            clip threshold={t}          # t from the namespace
+            clip threshold={t}                  # {t}: a value from the notebook
             clip sigma=0.5 layers=features.*
 
             %%prune net --example-input x[:1] --data "(X_test, y_test)"
-            structured amount=0.5 importance=l2 exclude=classifier
+            structured amount=0.5 exclude=classifier
 
             %%prune model --data "(X_test, y_test)" --train "(X_train, y_train)"
             clip amount=0.9 scope=global
-            distill epochs=2            # or: finetune epochs=2
+            finetune epochs=2                   # or: distill epochs=2
             quantize int8
 
-        Steps: ``clip`` (``threshold=``, ``amount=`` with ``scope=layer|global``, or
-        ``sigma=``) zeroes the weights of smallest |w|; ``structured amount=`` removes
-        whole channels/neurons (needs ``--example-input``). Both take ``layers=`` and
-        ``exclude=`` (names, globs like ``features.*``, or types like ``Conv2d``).
-        After pruning: ``finetune epochs=N``, ``distill epochs=N`` (the model before the
-        cell teaches the pruned one) and ``clip amount=A steps=K finetune=E`` (gradual)
-        train on ``--train``; ``quantize int8`` or ``quantize bits=N`` round the weights;
-        ``quantize codebook=K finetune=E`` shares K values per layer (Deep Compression);
-        ``clip amount=A by=wanda`` weighs |w| by the ``--data`` activations.
+        Steps:
+          clip        zero the weights of smallest |w|: amount=0.8 (a share, per layer
+                      or scope=global), threshold=0.01 or sigma=0.5; by=wanda weighs |w|
+                      by the activations of --data; steps=K finetune=E prunes gradually
+          structured  remove whole channels or neurons: amount=0.5 (needs --example-input)
+          finetune    train for epochs=N on --train
+          distill     train for epochs=N with the model before the cell as the teacher
+          quantize    int8, bits=N, or codebook=K (K shared values per layer)
+        Every step takes layers= and exclude= (names, globs like features.*, or types
+        like Conv2d).
 
-        Running the same cell again does not compound: it starts from the state the model
-        had before that cell's previous run (as long as nothing else changed the model).
+        Line magics:
+          %prune undo MODEL [N]       undo the last step (or the last N)
+          %prune reset MODEL          the weights before any step
+          %prune report MODEL         a per-layer table
+          %prune history MODEL        the steps applied so far
+          %prune sensitivity MODEL --eval FN
+                                      prune one layer at a time: curves and a budget
+          %prune explore MODEL --eval FN
+                                      one overall-sparsity slider; Apply
 
-        As a line magic::
-
-            %prune undo MODEL [N]  undo the last step (or the last N)
-            %prune reset MODEL     back to the weights before any step
-            %prune report MODEL    per-layer table
-            %prune history MODEL   the steps applied so far
-            %prune sensitivity MODEL --eval FN [--levels 0.1,0.3,0.5,0.7,0.9] [--step clip|structured]
-                                   one layer at a time: curves and a per-layer budget recipe
-            %prune explore MODEL --eval FN
-                                   an overall-sparsity slider spread by sensitivity; Apply
+        Options of %%prune:
         """
         with self._errors():
             if cell is None:

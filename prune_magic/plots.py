@@ -14,16 +14,21 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .engine import PruneResult, Report
-from .engine.report import Histogram
+from .engine.report import Histogram, Row
 from .engine.sensitivity import Sensitivity
 
 KEPT, REMOVED = "#4c72b0", "#dd8452"
 
 
+def layer_label(row: Row) -> str:
+    """``fc1 · Linear 256×64``: a weight's layer by name, type and shape."""
+    return f"{row.name.removesuffix('.weight')} · {row.module_type} {'×'.join(map(str, row.shape))}"
+
+
 def sparsity_chart(after: Report, before: Report | None = None, title: str = "Sparsity per layer") -> Figure:
     """Horizontal bars: the share of zero weights in each weight tensor (before, if given, as an outline)."""
     rows = [r for r in after.rows if r.name.endswith("weight")] or list(after.rows)
-    names = [f"{r.name.removesuffix('.weight')}  {r.module_type} {'x'.join(map(str, r.shape))}" for r in rows]
+    names = [layer_label(r) for r in rows]
     height = 1.0 + 0.32 * len(rows)
     fig = Figure(figsize=(6.4, min(height, 12)), layout="constrained")
     ax = fig.subplots()
@@ -74,7 +79,7 @@ def width_chart(after: Report, before: Report, title: str = "Width per layer") -
     ax.barh(positions, [r.shape[0] for r in rows], color=KEPT, label="after")
     for y, r in zip(positions, rows, strict=True):
         ax.text(old[r.name].shape[0], y, f" {old[r.name].shape[0]}→{r.shape[0]}", va="center", fontsize=8)
-    ax.set_yticks(positions, [f"{r.name.removesuffix('.weight')}  {r.module_type}" for r in rows], fontsize=8)
+    ax.set_yticks(positions, [layer_label(old[r.name]) for r in rows], fontsize=8)
     ax.set_xlim(0, 1.25 * max((old[r.name].shape[0] for r in rows), default=1))
     ax.set_xlabel("output channels / neurons")
     ax.set_title(f"{title}: {after.params:,} of {before.params:,} parameters left", fontsize=10)
@@ -85,7 +90,9 @@ def width_chart(after: Report, before: Report, title: str = "Width per layer") -
 
 def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
     """One line per layer: the metric after pruning only that layer, against the level."""
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    legend = len(result.curves) <= 12
+    rows = (len(result.curves) + 3) // 2 if legend else 0  # the legend below, two columns of labels
+    fig = Figure(figsize=(6.4, 3.8 + 0.2 * rows), layout="constrained")
     ax = fig.subplots()
     palette = colormaps["tab10" if len(result.curves) <= 10 else "tab20"]
     ax.set_prop_cycle(color=[palette(i) for i in range(palette.N)])
@@ -94,7 +101,7 @@ def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
         points = [(x, m) for x, m in zip(levels, metrics, strict=True) if m is not None]
         if points:  # every curve starts at the unpruned model
             xs, ys = zip((0.0, result.baseline), *points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=layer)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=result.label(layer))
     ax.axhline(result.baseline, color="black", linewidth=0.8, linestyle="--", label="unpruned")
     ax.axhspan(
         result.baseline - tolerance, result.baseline, color="0.85", zorder=0, label=f"within {tolerance:g}"
@@ -103,23 +110,51 @@ def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
     ax.set_ylabel(result.metric_name)
     ax.set_title(f"Sensitivity: {result.metric_name} when only one layer is pruned", fontsize=10)
     ax.grid(alpha=0.3)
-    if len(result.curves) <= 12:
-        fig.legend(loc="outside right upper", fontsize=7)
+    if legend:  # below the axes, at the labels' size: long layer labels leave the plot its width
+        fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
 
-def tried_chart(points: list[tuple[float, float]], metric: str = "metric") -> Figure:
-    """The metric at every slider value tried so far, in value order."""
+def tried_chart(
+    points: list[tuple[float, float]],
+    metric: str = "metric",
+    first: tuple[float, float] | None = None,
+    start: float | None = None,
+) -> Figure:
+    """The metric at every slider value tried so far, in value order.
+
+    ``first``: the cell's own run (value, metric), marked; ``start``: the metric before the cell, a
+    dashed line. The y-axis spans at least a tenth of the values' size, so that one test sample's
+    difference does not read as a cliff.
+    """
     fig = Figure(figsize=(3.6, 2.6))
     fig.subplots_adjust(left=0.2, right=0.95, bottom=0.18, top=0.88)  # fixed: constrained layout is slow
     ax = fig.subplots()
-    xs, ys = zip(*sorted(points), strict=True)
-    ax.plot(xs, ys, marker="o", markersize=4, color=KEPT)
+    xs, ys = zip(*sorted(set(points) | ({first} if first else set())), strict=True)
+    ax.plot(xs, ys, marker="o", markersize=4, color=KEPT, label="tried")
+    if first is not None:
+        ax.plot(*first, marker="*", markersize=9, color=REMOVED, linestyle="", label="the cell's value")
+    if start is not None:
+        ax.axhline(start, color="black", linewidth=0.8, linestyle="--", label="before the cell")
+    ax.set_ylim(*metric_range([*ys, *([start] if start is not None else [])]))
     ax.set_xlabel("value tried")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} at each value tried", fontsize=9)
     ax.grid(alpha=0.3)
+    if first is not None or start is not None:
+        ax.legend(fontsize=7, loc="best")
     return fig
+
+
+def metric_range(values: list[float]) -> tuple[float, float]:
+    """A y-range around ``values`` at least a tenth of their size wide (inside [0, 1] for fractions)."""
+    low, high = min(values), max(values)
+    span = max(high - low, 0.1 * max(abs(low), abs(high)), 1e-6)
+    middle = (low + high) / 2
+    bottom, top = middle - 0.6 * span, middle + 0.6 * span
+    if low >= 0 and high <= 1:  # an accuracy: never past 0 or 1
+        bottom, top = max(bottom, 0.0), min(top, 1.0)
+    return bottom, top
 
 
 def training_chart(result: PruneResult) -> Figure:
@@ -173,8 +208,9 @@ def training_chart(result: PruneResult) -> Figure:
     return fig
 
 
-def magnitude_histogram(hist: Histogram, layer: str, cut: float | None = None) -> Figure:
-    """How many weights have each magnitude |w| (log scale), with a clip's cut drawn at ``cut``.
+def magnitude_histogram(hist: Histogram, layer: str, cut: float | None = None, note: str = "") -> Figure:
+    """How many weights have each magnitude |w| (log scale), with a clip's cut drawn at ``cut``
+    and ``note`` (what a step without a cut did to the layer) in a box.
 
     Drawn on a linear axis of log10 |w| with fixed margins: a log-scale axis and constrained
     layout made this the slowest figure of a dashboard update (~0.4 s).
@@ -192,6 +228,11 @@ def magnitude_histogram(hist: Histogram, layer: str, cut: float | None = None) -
             ax.axvline(math.log10(cut), color=REMOVED, linewidth=1.5, label="cut: smaller |w| are zeroed")
             ax.axvspan(logs[0], math.log10(cut), color=REMOVED, alpha=0.15)
             ax.legend(fontsize=7, loc="upper left")
+    if note:
+        ax.text(
+            0.98, 0.95, note, transform=ax.transAxes, ha="right", va="top", fontsize=7, wrap=True,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": REMOVED},
+        )  # fmt: skip
     sample = " (1/16 sample)" if hist.sampled else ""
     ax.set_title(f"{layer}: |w| before the cell{sample}", fontsize=9)
     ax.set_xlabel("|w| (log scale)")
@@ -199,8 +240,17 @@ def magnitude_histogram(hist: Histogram, layer: str, cut: float | None = None) -
     return fig
 
 
-def png(fig: Figure, dpi: int = 96) -> bytes:
-    """The figure as PNG bytes."""
+SCALE = 2  # device pixels per CSS pixel: sharp on high-density screens, and no worse elsewhere
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, at :data:`SCALE` times its natural size (96 pixels an inch); show
+    it :func:`css_width` wide, not stretched to the output's width."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=96 * SCALE)
     return buffer.getvalue()
+
+
+def css_width(image: bytes) -> int:
+    """The width (CSS pixels) to show a :func:`png` at: its natural size, the width from its header."""
+    return int.from_bytes(image[16:20], "big") // SCALE

@@ -63,7 +63,32 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def show_image(widget: Any, image: bytes) -> None:
+    """Put a :func:`~prune_magic.plots.png` into an ``ipywidgets.Image`` at its natural size (at
+    most the output's width), not stretched to fill the output."""
+    from .plots import css_width
+
+    widget.width = str(css_width(image))
+    widget.layout.max_width = "100%"
+    widget.layout.height = "auto"
+    widget.value = image
+
+
 def with_widget(static: dict[str, Any], box: Any) -> dict[str, Any]:
     """The static bundle (text, HTML, PNG for viewers without widgets) plus the widget view."""
     view = box._repr_mimebundle_()
     return {**static, **{k: v for k, v in view.items() if k != "text/plain"}}
+
+
+def slider_bounds(option: str, value: object) -> tuple[float, float, float] | None:
+    """(min, max, step) of the slider for a numeric recipe option, or None."""
+    if not isinstance(value, float):
+        return None
+    if option == "amount":
+        return 0.0, 0.99, 0.01
+    if option == "sigma":
+        return 0.0, max(3.0, 2 * value), 0.05
+    if option == "threshold":
+        top = 2 * value if value > 0 else 0.1
+        return 0.0, top, top / 100
+    return None

@@ -37,12 +37,15 @@ class PruneView:
         facts = [("model", self.name), ("recipe", "; ".join(str(s.step) for s in r.steps))]
         if r.before is not None and r.after is not None:
             b, a = r.before, r.after
-            facts += [
-                ("params", _change(b.params, a.params)),
-                ("nonzero", f"{b.nonzero:,} → {a.nonzero:,}"),
-                ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%} of all parameters"),
-                ("size", _size(b, a)),
-            ]
+            facts.append(("params", _change(b.params, a.params)))
+            if r.structured:  # whole channels went: widths tell it, the few zeros left do not
+                facts.append(("widths", _widths(b, a)))
+            else:
+                facts += [
+                    ("nonzero", f"{b.nonzero:,} → {a.nonzero:,}"),
+                    ("sparsity", f"{b.sparsity:.1%} → {a.sparsity:.1%} of all parameters"),
+                ]
+            facts.append(("size", _size(b, a)))
             pruned = r.pruned_sparsity()
             if pruned is not None:  # (what %prune history counts: the weights the steps selected)
                 facts.insert(
@@ -55,13 +58,7 @@ class PruneView:
                     ("MACs", f"{format_count(macs.before)} → {format_count(macs.after)} per forward{note}")
                 )
             if latency is not None:
-                facts.append(
-                    (
-                        "latency",
-                        f"{latency.before * 1e3:.2f} ms → {latency.after * 1e3:.2f} ms"
-                        f" ({latency.before / latency.after:.2f}x faster; measured on this CPU)",
-                    )
-                )
+                facts.append(("latency", r.latency_line() or ""))
             if r.structured:
                 facts.append(("why", WHY_STRUCTURED))
         facts += [(m.name, format_change(m.name, m.before, m.after)) for m in r.metrics()]
@@ -118,13 +115,10 @@ class PruneView:
         parts = [self.summary_html()]
         image = self.png()
         if image is not None:
-            data = base64.b64encode(image).decode()
-            alt = "width per layer" if self.structured else "sparsity per layer"
-            parts.append(f"<img alt='{alt}' src='data:image/png;base64,{data}'/>")
+            parts.append(img(image, "width per layer" if self.structured else "sparsity per layer"))
         training = self.training_png()
         if training is not None:
-            data = base64.b64encode(training).decode()
-            parts.append(f"<img alt='recovery curve' src='data:image/png;base64,{data}'/>")
+            parts.append(img(training, "recovery curve"))
         if self.result.after is not None:
             parts.append(
                 f"<details><summary>per-layer table</summary>{self.result.after._repr_html_()}</details>"
@@ -139,9 +133,46 @@ class PruneView:
         return bundle
 
 
+def img(image: bytes, alt: str) -> str:
+    """An ``<img>`` of a :func:`plots.png` at its natural size (at most the output's width)."""
+    data = base64.b64encode(image).decode()
+    return (
+        f"<img alt='{alt}' width='{plots.css_width(image)}' style='max-width:100%;height:auto'"
+        f" src='data:image/png;base64,{data}'/>"
+    )
+
+
 def _trained(step: Any) -> str:
     took = f"{step.seconds:.1f} s" if step.seconds >= 0.1 else f"{step.seconds * 1e3:.0f} ms"
     return f"{step.step}: {describe_curve(step)} ({took})"
+
+
+def structured_note(result: PruneResult, weight: str) -> str:
+    """What a structured step did to ``weight`` (for its histogram: channels go, no |w| cut); "" else."""
+    if not result.structured or result.before is None or result.after is None:
+        return ""
+    try:
+        old, new = result.before.row(weight).shape, result.after.row(weight).shape
+    except KeyError:
+        return ""
+    kept = f"{old[0]} → {new[0]} outputs kept" if old[:1] != new[:1] else "outputs unchanged"
+    inputs = f", {old[1]} → {new[1]} inputs" if len(old) > 1 and old[1] != new[1] else ""
+    return f"structured step: {kept}{inputs}\n(whole channels removed by importance; no |w| cut)"
+
+
+def _widths(before: Report, after: Report) -> str:
+    """``fc1 256→128, fc2 128→64 outputs``: the layers a structured step narrowed."""
+    old = {
+        r.name: r.shape[0]
+        for r in before.rows
+        if r.name.endswith("weight") and r.shape and "Norm" not in r.module_type
+    }
+    narrowed = [
+        f"{r.name.removesuffix('.weight')} {old[r.name]}→{r.shape[0]}"
+        for r in after.rows
+        if r.name in old and r.shape and r.shape[0] != old[r.name]
+    ]
+    return (", ".join(narrowed) + " outputs") if narrowed else "unchanged"
 
 
 def _size(before: Report, after: Report) -> str:
@@ -196,9 +227,8 @@ class SweepView:
         image = self.png()
         parts = []
         if image is not None:
-            data = base64.b64encode(image).decode()
-            bundle["image/png"] = data
-            parts.append(f"<img alt='sensitivity per layer' src='data:image/png;base64,{data}'/>")
+            bundle["image/png"] = base64.b64encode(image).decode()
+            parts.append(img(image, "sensitivity per layer"))
         if self.running:
             done, total = self.progress()
             parts.insert(

@@ -15,8 +15,8 @@ from typing import Any
 from . import plots
 from .engine import PruneResult, Recipe
 from .engine.evaluate import format_metric
-from .rerun import PruneCall, first_metric, one_line, with_widget
-from .views import PruneView, dequantized_weight, progress_text
+from .rerun import PruneCall, first_metric, one_line, show_image, slider_bounds, with_widget
+from .views import PruneView, dequantized_weight, progress_text, structured_note
 from .worker import Worker
 
 
@@ -73,7 +73,7 @@ class PruneDashboard:
         self.sliders = {}
         for i, step in enumerate(self.recipe.steps):
             for option, value in step.options.items():
-                bounds = _bounds(option, value)
+                bounds = slider_bounds(option, value)
                 if bounds is None:
                     continue
                 slider = w.FloatSlider(
@@ -84,7 +84,11 @@ class PruneDashboard:
                 slider.add_class("prune-magic-slider")
                 slider.observe(self._moved(i, option), "value")
                 self.sliders[i, option] = slider
-        weights = [r.name for r in (result.after.rows if result.after else ()) if r.name.endswith("weight")]
+        key, metric = next(iter(self.sliders), None), first_metric(result)
+        # the cell's own run: the first point of the tried chart
+        self.first = (self.sliders[key].value, metric) if key is not None and metric is not None else None
+        rows = [r for r in (result.after.rows if result.after else ()) if r.name.endswith("weight")]
+        weights = [(plots.layer_label(r), r.name) for r in rows]  # (fc1 · Linear 256×64, fc1.weight)
         self.layer = w.Dropdown(
             options=weights, description="histogram of", style={"description_width": "initial"}
         )
@@ -255,14 +259,18 @@ class PruneDashboard:
         self.summary.value = self.view.summary_html()
         image = self.view.png()
         if image is not None:
-            self.image.value = image
+            show_image(self.image, image)
         self._draw_histogram()
         training = self.view.training_png()
         if training is not None:
-            self.training.value = training
+            show_image(self.training, training)
         self.training.layout.display = None if training is not None else "none"
-        if self.charts and len(self.tried) > 1:
-            self.curve.value = plots.png(plots.tried_chart(self.tried, result.metric_name))
+        if self.charts and len(set(self.tried) | {self.first} - {None}) > 1:
+            start = self.result.metric_before
+            chart = plots.tried_chart(
+                self.tried, result.metric_name, self.first, start if isinstance(start, float) else None
+            )
+            show_image(self.curve, plots.png(chart))
             self.curve.layout.display = None
         self._enable()
 
@@ -363,10 +371,14 @@ class PruneDashboard:
         now = histogram(weight)
         before = self.start.get(self.layer.value)
         clips = any(step.kind == "clip" for step in self.applied.steps)  # (finetune, quantize: no cut)
+        cut = now.smallest_kept if now.zeros and clips else None
         figure = plots.magnitude_histogram(
-            before or now, self.layer.value, cut=now.smallest_kept if now.zeros and clips else None
+            before or now,
+            self.layer.label or self.layer.value,
+            cut,
+            structured_note(self.view.result, self.layer.value),
         )
-        self.histogram.value = plots.png(figure)
+        show_image(self.histogram, plots.png(figure))
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return with_widget(self.view._repr_mimebundle_(), self.box)
@@ -431,17 +443,3 @@ def sync_dashboards() -> None:
     """Redraw every dashboard whose model changed since it drew (called after every cell)."""
     for board in list(_DASHBOARDS):
         board.sync()
-
-
-def _bounds(option: str, value: object) -> tuple[float, float, float] | None:
-    """(min, max, step) of the slider for a numeric recipe option, or None."""
-    if not isinstance(value, float):
-        return None
-    if option == "amount":
-        return 0.0, 0.99, 0.01
-    if option == "sigma":
-        return 0.0, max(3.0, 2 * value), 0.05
-    if option == "threshold":
-        top = 2 * value if value > 0 else 0.1
-        return 0.0, top, top / 100
-    return None

@@ -372,3 +372,16 @@ def test_a_custom_loss_and_eval_with_calibration_data(ip) -> None:
 def test_training_shows_progress_in_a_terminal(ip) -> None:
     out = run(ip, "%%prune model --train (X,y)\nclip amount=0.5\nfinetune epochs=2\n")
     assert "finetune epochs=2: 8/8 batches" in out.stdout
+
+
+def test_the_cell_magics_help_reads_as_text_and_starts_with_the_cell_form(ip) -> None:
+    text = ip.find_cell_magic("prune").__doc__
+    assert text.startswith("%%prune MODEL [--data DATA]")  # the form a notebook reader types first
+    assert "``" not in text and "::" not in text  # no raw reST
+    assert "%prune [" not in text and "--example-input EXPR" in text  # argparse's options, still listed
+    for line in (
+        "clip amount=0.8 scope=global",
+        "%prune undo MODEL [N]",
+        "structured  remove whole channels",
+    ):
+        assert line in text

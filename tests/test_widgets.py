@@ -53,6 +53,11 @@ def test_moving_the_slider_reapplies_the_recipe_from_the_cells_start(dashboard) 
     board.wait()
     assert zeros(model) == round(0.2 * total)  # lower than before: the cell starts from the dense model
     assert [v for v, _ in board.tried] == [0.9, 0.2]
+    assert board.first is not None and board.first[0] == 0.5  # the cell's own run starts the tried chart
+    from prune_magic.plots import css_width
+
+    for image in (board.image, board.curve, board.histogram):  # shown at natural size, not stretched
+        assert image.width == str(css_width(bytes(image.value))) and image.layout.max_width == "100%"
     assert (
         board.curve.value and board.curve.layout.display is None
     )  # the metric-vs-value chart, from two points on
@@ -99,7 +104,11 @@ def test_threshold_and_sigma_get_sliders_too(mlp) -> None:
 
 def test_the_histogram_follows_the_chosen_layer_and_the_cut(dashboard) -> None:
     board, _, _ = dashboard
-    assert board.layer.options == ("fc1.weight", "fc2.weight", "out.weight")
+    assert board.layer.options == (
+        ("fc1 · Linear 256×64", "fc1.weight"),
+        ("fc2 · Linear 128×256", "fc2.weight"),
+        ("out · Linear 10×128", "out.weight"),
+    )  # named by name, type and shape; the value stays the weight's name
     first = board.histogram.value
     board.layer.value = "fc2.weight"
     board.wait()
@@ -135,6 +144,14 @@ def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp
     sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
     before = state(mlp)
     view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"))
+    # the sweep's chart and table are in the widget (a notebook shows the widget, not the static HTML)
+    assert view.chart in view.box.children and bytes(view.chart.value).startswith(b"\x89PNG")
+    assert view.chart.layout.display is None and "fc1 · Linear 256×64" in view.table.value
+    assert view.layers["fc1"].description == "fc1 · Linear 256×64"
+    sliders = [view.overall, *view.layers.values()]  # one description width, one length: in line
+    assert (
+        len({s.style.description_width for s in sliders}) == 1 and len({s.layout.width for s in sliders}) == 1
+    )
     view.overall.value = 0.6  # returns at once: the dry run is on the view's thread
     assert view.wait(30)
     amounts = view.amounts()
@@ -339,13 +356,33 @@ def test_the_histogram_draws_a_cut_only_for_a_recipe_that_clips(mlp, monkeypatch
     cuts: list[object] = []
     draw = plots.magnitude_histogram
     monkeypatch.setattr(
-        plots, "magnitude_histogram", lambda h, layer, cut=None: (cuts.append(cut), draw(h, layer, cut))[1]
+        plots,
+        "magnitude_histogram",
+        lambda h, layer, cut=None, note="": (cuts.append(cut), draw(h, layer, cut, note))[1],
     )
     pm.prune(mlp, "clip amount=0.5")  # an earlier cell clipped
     rerun = PruneCall(mlp, tag="cell-6")
     PruneDashboard(rerun("quantize bits=8"), "mlp", rerun)
     PruneDashboard(rerun("clip amount=0.7"), "mlp", PruneCall(mlp, tag="cell-7"))
     assert cuts[0] is None and isinstance(cuts[-1], float)
+
+
+def test_a_structured_dashboard_histogram_and_summary_tell_widths_not_sparsity(cnn, monkeypatch) -> None:
+    from prune_magic import plots
+
+    notes: list[str] = []
+    draw = plots.magnitude_histogram
+    monkeypatch.setattr(
+        plots,
+        "magnitude_histogram",
+        lambda h, layer, cut=None, note="": (notes.append(note), draw(h, layer, cut, note))[1],
+    )
+    rerun = PruneCall(cnn, example_input=torch.randn(1, 1, 8, 8), tag="s")
+    board = PruneDashboard(rerun("structured amount=0.5"), "cnn", rerun)
+    assert notes[-1].startswith("structured step: 8 → 4 outputs kept")  # features.0.weight, the first
+    summary = dict(board.view.summary())
+    assert "sparsity" not in summary and "nonzero" not in summary
+    assert summary["widths"].startswith("features.0 8→4, features.3 16→8")
 
 
 def shows_the_model(board, model) -> None:
@@ -381,7 +418,9 @@ def test_after_undo_every_field_describes_the_model_and_reset_is_disabled_not_an
     cuts: list[object] = []
     draw = plots.magnitude_histogram
     monkeypatch.setattr(
-        plots, "magnitude_histogram", lambda h, layer, cut=None: (cuts.append(cut), draw(h, layer, cut))[1]
+        plots,
+        "magnitude_histogram",
+        lambda h, layer, cut=None, note="": (cuts.append(cut), draw(h, layer, cut, note))[1],
     )
     measured = calls["n"]
     board.undo_button.click()

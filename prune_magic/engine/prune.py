@@ -27,7 +27,7 @@ from .guard import WeightsChanged, check_model, check_untouched, exclusive, vers
 from .history import Entry, begin, commit, history, redo, rewind, sync_versions, taint, undo
 from .recipe import Recipe, Step, parse_recipe
 from .reparam import refresh
-from .report import fits, latency
+from .report import fits, timing
 from .report import report as _measure
 from .result import PruneResult, StepResult
 from .selection import Target, notes, select
@@ -149,7 +149,8 @@ def _prune(
         # a re-run starts from the state its previous run started from: reuse that metric
         metric_before = _known_start(rewound, evaluate) or _evaluate(evaluate, model)
         before = _measure(model, example_input) if report else None
-        latency_before = latency(model, example_input) if timed and example_input is not None else None
+        # a quarter second each side: enough runs that noise shows as noise (the spread is kept)
+        latency_before = timing(model, example_input, 0.25) if timed and example_input is not None else None
         training = Training(
             train,
             _watched(model, loss, "loss"),
@@ -161,7 +162,7 @@ def _prune(
             known = selected[0] if i == 0 and not rewound else None
             results.append(_apply(model, step, keep, done, example_input, data, training, known))
         after = _measure(model, example_input) if report else None
-        latency_after = latency(model, example_input) if latency_before is not None else None
+        latency_after = timing(model, example_input, 0.25) if latency_before is not None else None
         # a last step that trained measured the final model already (after its last epoch or step)
         last = results[-1].curve[-1] if results and results[-1].curve else None
         trained = last is not None and last.metric is not None and last.label != "before training"
@@ -201,9 +202,10 @@ def _prune(
         note,
         len(rewound),
         metric_name(evaluate),
-        latency_before,
-        latency_after,
+        latency_before.median if latency_before is not None else None,
+        latency_after.median if latency_after is not None else None,
         step_notes,
+        (latency_before, latency_after) if latency_before is not None and latency_after is not None else None,
     )
 
 

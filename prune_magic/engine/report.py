@@ -348,13 +348,27 @@ def histogram(tensor: torch.Tensor, bins: int = 50, exact_up_to: int = 1 << 20) 
     return Histogram(zeros, tuple(int(c) for c in counts), tuple(float(e) for e in edges), low, sampled)
 
 
-def latency(model: nn.Module, example_input: object, budget: float = 0.1) -> float:
-    """Median seconds of one forward pass of ``example_input`` (no grad).
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per forward pass: the median and the middle half of the runs (quartiles)."""
+
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    def overlaps(self, other: Timing) -> bool:
+        """Whether the two middle halves overlap: the difference is within the run-to-run noise."""
+        return self.low <= other.high and other.low <= self.high
+
+
+def timing(model: nn.Module, example_input: object, budget: float = 0.1, most: int = 1000) -> Timing:
+    """Time forward passes of ``example_input`` (no grad): the median and quartiles.
 
     After one warm-up pass it times passes for about ``budget`` seconds, at least 3 and at most
-    200: a stable median for a model that runs in milliseconds. A model whose warm-up pass alone
-    takes longer than ``budget`` is timed once more (a pass of seconds varies little; ViT-H/14
-    takes 3.5 s a pass on one CPU thread).
+    ``most``: a stable median for a model that runs in milliseconds. A model whose warm-up pass
+    alone takes longer than ``budget`` is timed once more (a pass of seconds varies little;
+    ViT-H/14 takes 3.5 s a pass on one CPU thread).
     """
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     times: list[float] = []
@@ -363,11 +377,17 @@ def latency(model: nn.Module, example_input: object, budget: float = 0.1) -> flo
         model(*args)  # warm up
         least = 3 if time.perf_counter() - warm < budget else 1
         started = time.perf_counter()
-        while len(times) < least or (time.perf_counter() - started < budget and len(times) < 200):
+        while len(times) < least or (time.perf_counter() - started < budget and len(times) < most):
             t = time.perf_counter()
             model(*args)
             times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    low, _, high = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return Timing(statistics.median(times), low, high, len(times))
+
+
+def latency(model: nn.Module, example_input: object, budget: float = 0.1) -> float:
+    """Median seconds of one forward pass of ``example_input`` (no grad); see :func:`timing`."""
+    return timing(model, example_input, budget).median
 
 
 def format_bytes(n: float) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from .errors import PruneError
-from .evaluate import as_metric, eval_mode, metric_name
+from .evaluate import as_metric, eval_mode, is_fraction, metric_name
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import sync_versions, taint
 from .recipe import Step, parse_step
@@ -67,6 +68,7 @@ class Sensitivity:
     evaluations: int = 0
     stopped: str = ""  # why the sweep ended early (Ctrl-C, an error); "" when complete
     sizes: dict[str, int] = field(default_factory=dict)  # weights per layer
+    kinds: dict[str, str] = field(default_factory=dict)  # layer -> its type and weight shape
     _started: float = field(default=0.0, repr=False)
 
     @property
@@ -157,15 +159,29 @@ class Sensitivity:
             if level > 0
         )
 
+    def label(self, layer: str) -> str:
+        """``fc1 · Linear 256×64``: the layer's name, type and weight shape."""
+        kind = self.kinds.get(layer)
+        return f"{layer} · {kind}" if kind else layer
+
+    def cell(self, metric: float | None) -> str:
+        """One metric of the table, with as many decimals as every other (no "0.96" beside "0.9644")."""
+        if metric is None:
+            return "-"
+        values = [self.baseline, *(m for c in self.curves.values() for m in c if m is not None)]
+        if is_fraction(self.metric_name, *values):
+            return f"{metric:.1%}"
+        return f"{metric:.{max(0, 3 - math.floor(math.log10(max(abs(v) for v in values) or 1)))}f}"
+
     def __str__(self) -> str:
         width = max([len(n) for n in self.curves] + [5])
         head = "layer".ljust(width) + "".join(f"{level:>8.0%}" for level in self.levels)
         lines = [
-            f"{self.step} sensitivity: {self.metric_name} per layer and level (baseline {self.baseline:.4g})",
+            f"{self.step} sensitivity: {self.metric_name} per layer and level (baseline {self.cell(self.baseline)})",
             head,
         ]
         for layer, metrics in self.curves.items():
-            cells = "".join(f"{m:>8.4g}" if m is not None else f"{'-':>8}" for m in metrics)
+            cells = "".join(f"{self.cell(m):>8}" for m in metrics)
             lines.append(layer.ljust(width) + cells)
         lines.append(f"{self.evaluations} evaluations in {self.seconds:.1f} s")
         if self.stopped:
@@ -177,15 +193,16 @@ class Sensitivity:
 
         head = "".join(f"<th>{level:.0%}</th>" for level in self.levels)
         rows = "".join(
-            f"<tr><td>{html.escape(layer)}</td>"
-            + "".join(f"<td>{m:.4g}</td>" if m is not None else "<td>-</td>" for m in metrics)
+            f"<tr><td style='text-align:left'>{html.escape(self.label(layer))}</td>"
+            + "".join(f"<td style='text-align:right'>{self.cell(m)}</td>" for m in metrics)
             + "</tr>"
             for layer, metrics in self.curves.items()
         )
         note = f"<p>stopped early: {html.escape(self.stopped)}</p>" if self.stopped else ""
         return (
-            f"<p>{html.escape(self.step)} sensitivity, baseline {self.baseline:.4g}</p>"
-            f"<table><thead><tr><th>layer</th>{head}</tr></thead><tbody>{rows}</tbody></table>{note}"
+            f"<p>{html.escape(self.step)} sensitivity, baseline {self.cell(self.baseline)}</p>"
+            "<table style='font-variant-numeric:tabular-nums'>"
+            f"<thead><tr><th>layer</th>{head}</tr></thead><tbody>{rows}</tbody></table>{note}"
         )
 
 
@@ -268,6 +285,8 @@ def _sensitivity(
     plans = recording.finish(names) if recording is not None else {}
     result = Sensitivity(step, levels, baseline, {n: [None] * len(levels) for n in names})
     result.sizes = {n: model.get_parameter(f"{n}.weight").numel() for n in names}
+    shapes = {n: "×".join(map(str, model.get_parameter(f"{n}.weight").shape)) for n in names}
+    result.kinds = {n: f"{type(model.get_submodule(n)).__name__} {shapes[n]}" for n in names}
     result.metric_name, result.evaluations = metric_name(evaluate), 1
     limit = stop_below if stop_below is not None else result.baseline / 2
     changed: tuple[str, ...] = ()

@@ -91,3 +91,12 @@ def test_latency_times_at_least_three_passes_unless_one_pass_is_slow(seconds: fl
     assert measured >= seconds
     if seconds:
         assert len(calls) == 2  # a pass over the budget is timed once after the warm-up
+
+
+def test_a_timing_knows_when_two_spreads_overlap() -> None:
+    from prune_magic.engine.report import Timing, timing
+
+    measured = timing(torch.nn.Linear(4, 4), torch.zeros(1, 4), budget=0.02)
+    assert measured.low <= measured.median <= measured.high and measured.runs >= 3
+    assert Timing(1.0, 0.9, 1.1, 5).overlaps(Timing(1.05, 1.0, 1.2, 5))
+    assert not Timing(1.0, 0.9, 1.1, 5).overlaps(Timing(0.5, 0.45, 0.55, 5))

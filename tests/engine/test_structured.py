@@ -73,13 +73,45 @@ def test_latency_is_timed_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> No
     # on a small model, so a script that did not ask does not wait for it
     orchestrator = importlib.import_module("prune_magic.engine.prune")
     passes: list[object] = []
-    monkeypatch.setattr(orchestrator, "latency", lambda model, x: passes.append(model) or 0.001)
+    from prune_magic.engine.report import Timing
+
+    timed = Timing(0.001, 0.001, 0.001, 3)
+    monkeypatch.setattr(orchestrator, "timing", lambda model, x, budget: passes.append(model) or timed)
     model, x = build("cnn_bn")
     result = pm.prune(model, "structured amount=0.5", example_input=x)
     assert passes == [] and result.latency_before is None and "latency" not in str(result)
     assert result.after.macs < 0.5 * result.before.macs  # the MACs are still counted
     pm.prune(model, "structured amount=0.5", example_input=x, latency=True)
     assert len(passes) == 2
+
+
+def test_a_latency_within_the_noise_is_called_too_small_to_time() -> None:
+    from dataclasses import replace
+
+    from prune_magic.engine.report import Timing
+
+    model, x = build("cnn_bn")
+    result = pm.prune(model, "structured amount=0.5", example_input=x, latency=True)
+    assert result.timings is not None and min(t.runs for t in result.timings) >= 3
+    noisy = replace(
+        result, latency_before=0.06398, latency_after=0.06359,
+        timings=(Timing(0.06398, 0.0630, 0.0650, 12), Timing(0.06359, 0.0628, 0.0645, 12)),
+    )  # fmt: skip
+    line = noisy.latency_line()
+    assert line is not None and "too small to time reliably" in line and "faster" not in line
+    clear = replace(
+        noisy, latency_after=0.02, timings=(noisy.timings[0], Timing(0.02, 0.019, 0.021, 30))
+    )  # fmt: skip
+    assert "3.20x faster; measured" in (clear.latency_line() or "") and "too small" not in str(clear)
+    within = replace(
+        clear, latency_after=0.0625, timings=(noisy.timings[0], Timing(0.0625, 0.0623, 0.0627, 12))
+    )
+    assert "too small to time reliably" in (within.latency_line() or "")  # apart, but by under 5%
+    short = replace(
+        clear, latency_before=4e-4, latency_after=2e-4,
+        timings=(Timing(4e-4, 3.9e-4, 4.1e-4, 600), Timing(2e-4, 1.9e-4, 2.1e-4, 900)),
+    )  # fmt: skip
+    assert "2.00x faster; a pass under 1 ms is mostly overhead" in (short.latency_line() or "")
 
 
 def test_transformer_prunes_mlp_hidden_units_and_keeps_heads() -> None:
