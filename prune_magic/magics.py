@@ -20,7 +20,8 @@ from IPython.core.magic_arguments import parse_argstring
 from IPython.display import display
 from traitlets import Bool, Integer
 
-from .namespace import model_names, unquoted
+from .completion import completer
+from .namespace import unquoted
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import ExecutionInfo, InteractiveShell
@@ -101,6 +102,12 @@ _OUTPUT = _option(
 @_option("--exclude", help="layers left out of the sweep")
 @_EXAMPLE_INPUT
 @_option("--tolerance", type=float, default=0.01, help="the budget: the metric lost per layer at most")
+@_option(
+    "--executor",
+    metavar="CLIENT",
+    help="a dask.distributed.Client in the namespace (e.g. Client(LocalCluster(n_workers=4))): the"
+    " points run on its workers, the model sent to each once; or a concurrent.futures executor",
+)
 @_OUTPUT
 def sweep_options(line: str) -> None:
     """%prune sensitivity MODEL / %prune explore MODEL: sweep each layer alone at several levels."""
@@ -202,6 +209,8 @@ class PruneMagics(Magics):
                                    one layer at a time: curves and a per-layer budget recipe
             %prune explore MODEL --eval FN
                                    an overall-sparsity slider spread by sensitivity; Apply
+            %prune sensitivity MODEL --eval FN --executor client
+                                   the points on a Dask cluster (client = Client(LocalCluster()))
         """
         with self._errors():
             if cell is None:
@@ -327,10 +336,14 @@ class PruneMagics(Magics):
         example = (
             self._namespace.expression(args.example_input, "--example-input") if args.example_input else None
         )
+        executor = self._namespace.name(args.executor, "--executor") if args.executor else None
+        if executor is not None and not callable(getattr(executor, "submit", None)):
+            raise UsageError(f"--executor {args.executor}: give a dask.distributed.Client (or an executor)")
         live = SweepProgress(args.model, args.tolerance, self.charts)
         result = sensitivity(
             model, evaluate, levels=levels, step=args.step, layers=_patterns(args.layers),
-            exclude=_patterns(args.exclude), example_input=example, data=data, progress=live.show,
+            exclude=_patterns(args.exclude), example_input=example, data=data, executor=executor,
+            progress=live.show,
         )  # fmt: skip
         if args.output:
             self._user_ns[args.output] = result
@@ -407,34 +420,11 @@ def _patterns(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
-def completer(shell: InteractiveShell) -> Any:
-    """A completion matcher for ``%%prune`` and ``%prune <subcommand>``: model names."""
-    from IPython.core.completer import CompletionContext, SimpleCompletion, context_matcher
-
-    @context_matcher()  # type: ignore[untyped-decorator]
-    def prune_matcher(context: CompletionContext) -> dict[str, Any]:
-        words = context.line_with_cursor[: context.cursor_position].split()
-        if not words or words[0] not in ("%%prune", "%prune") or context.token.startswith("-"):
-            return {"completions": []}
-        ends_with_space = context.line_with_cursor[: context.cursor_position].endswith(" ")
-        position = len(words) - (0 if ends_with_space else 1)  # which word the cursor is on
-        if words[0] == "%prune" and position == 1:
-            names, kind = list(SUBCOMMANDS), "subcommand"
-        elif position == 1 or (words[0] == "%prune" and position == 2):
-            names, kind = model_names(shell.user_ns), "model"
-        else:
-            return {"completions": []}
-        matches = [SimpleCompletion(n, type=kind) for n in names if n.startswith(context.token)]
-        return {"completions": matches, "suppress": True}
-
-    return prune_matcher
-
-
 def load(shell: InteractiveShell) -> None:
     """Register the magics, their options (``%config PruneMagics``) and tab completion."""
     magics = PruneMagics(shell=shell)
     shell.register_magics(magics)
-    magics._matcher = completer(shell)
+    magics._matcher = completer(shell, list(SUBCOMMANDS))
     shell.Completer.custom_matchers.append(magics._matcher)
 
 

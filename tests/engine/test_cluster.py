@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import textwrap
 import time
 
@@ -17,6 +18,7 @@ import prune_magic as pm
 from prune_magic.engine.sensitivity import sensitivity
 from tests.conftest import same_bits, state
 from tests.engine.architectures import MLP
+from tests.test_magics import ip, run  # noqa: F401  (the shell fixture)
 
 distributed = pytest.importorskip("distributed")
 
@@ -52,6 +54,11 @@ def notebook(model: nn.Module, delay: float = 0.0):
 
 @pytest.fixture(scope="module")
 def client():
+    # an InteractiveShell made by an earlier test replaces __main__ with a module that lacks the
+    # __spec__ multiprocessing reads to spawn workers (a kernel's has one)
+    main = sys.modules["__main__"]
+    if not hasattr(main, "__spec__"):
+        main.__spec__ = None
     # worker processes, as on a cluster (threads would share the model and hide a copy too many)
     with (
         distributed.LocalCluster(
@@ -159,3 +166,14 @@ def test_an_error_on_a_worker_stops_the_sweep_and_keeps_what_arrived(client) -> 
     result = sensitivity(model, broken, levels=LEVELS, executor=client)
     assert not result.complete and "ValueError: no data on this worker" in result.stopped
 
+
+def test_the_magic_sweeps_on_the_client_named_by_executor(client, ip) -> None:  # noqa: F811 (a fixture)
+    model = ip.user_ns["model"]
+    before = state(model)
+    ip.user_ns["client"] = client
+    run(ip, "%prune sensitivity model --eval agreement --levels 0.2,0.5,0.9 -o local")
+    run(ip, "%prune sensitivity model --eval agreement --levels 0.2,0.5,0.9 --executor client -o remote")
+    local, remote = ip.user_ns["local"], ip.user_ns["remote"]
+    assert ip.user_ns["agreement"].__module__ == "__main__"  # a notebook's function, sent by value
+    assert remote.complete and remote.curves == local.curves
+    assert same_bits(model, before)
