@@ -111,34 +111,62 @@ def remote_point(payload: Payload, name: str, level: float) -> float:
         return payload.sweeper.point(name, level)
 
 
-def sweep_on_cluster(
-    client: Any,
-    model: nn.Module,
-    evaluate: Callable[[nn.Module], object],
-    steps: dict[tuple[str, float], Step],
-    example_input: object,
-    data: object,
-    limit: float,
-    result: Sensitivity,
-    progress: Progress | None,
-) -> None:
-    """Every point as a task on ``client``'s workers; ``result`` filled as the local sweep fills it."""
-    from distributed import as_completed
+def remote_baseline(payload: Payload) -> float:
+    """The unpruned model's metric, measured on a worker (which records its replay on the way)."""
+    with payload.lock:
+        if payload.sweeper is None:
+            payload.sweeper = Sweeper(payload)
+        return payload.sweeper.baseline
 
-    names, levels = list(result.curves), result.levels
-    payload = client.scatter(
-        Payload(model, evaluate, result.step, names, example_input, data), broadcast=True, hash=False
-    )
-    futures = {
-        (name, i): client.submit(remote_point, payload, name, level, pure=False, priority=len(levels) - i)
-        for (name, level) in steps
-        for i in [levels.index(level)]
-    }
-    keys = {future.key: key for key, future in futures.items()}
-    arrived: dict[tuple[str, int], float] = {}
-    taken = dict.fromkeys(names, 0)  # per layer, how many levels are in the result
-    open_layers = set(names)
-    try:
+
+class Cluster:
+    """A sweep's payload on ``client``'s workers: the baseline, then every point as a task.
+
+    The baseline comes from a worker too (it records that worker's replay on the way), so the
+    client evaluates nothing itself: a laptop can drive a sweep it could not run.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        model: nn.Module,
+        evaluate: Callable[[nn.Module], object],
+        step: str,
+        names: list[str],
+        example_input: object,
+        data: object,
+    ) -> None:
+        self.client = client
+        payload = Payload(model, evaluate, step, names, example_input, data)
+        self.payload = client.scatter(payload, broadcast=True, hash=False)
+        self.futures: dict[tuple[str, int], Any] = {}
+
+    def baseline(self) -> float:
+        value: float = self.client.submit(remote_baseline, self.payload, pure=False).result()
+        return value
+
+    def sweep(
+        self,
+        steps: dict[tuple[str, float], Step],
+        limit: float,
+        result: Sensitivity,
+        progress: Progress | None,
+    ) -> None:
+        """Every point as a task; ``result`` filled as the local sweep fills it."""
+        from distributed import as_completed
+
+        client, names, levels = self.client, list(result.curves), result.levels
+        futures = self.futures = {
+            (name, i): client.submit(
+                remote_point, self.payload, name, level, pure=False, priority=len(levels) - i
+            )
+            for (name, level) in steps
+            for i in [levels.index(level)]
+        }
+        keys = {future.key: key for key, future in futures.items()}
+        arrived: dict[tuple[str, int], float] = {}
+        taken = dict.fromkeys(names, 0)  # per layer, how many levels are in the result
+        open_layers = set(names)
         for future in as_completed(list(futures.values())):
             name, i = keys[future.key]
             if name not in open_layers:
@@ -157,5 +185,7 @@ def sweep_on_cluster(
                     break
             if not open_layers:
                 break
-    finally:
-        client.cancel([*futures.values(), payload])
+
+    def close(self) -> None:
+        """Cancel what is outstanding (Ctrl-C, an error) and let the workers drop the payload."""
+        self.client.cancel([*self.futures.values(), self.payload])

@@ -275,13 +275,21 @@ def _sensitivity(
     executor: object,
     progress: Progress | None,
 ) -> Sensitivity:
-    from .cluster import on_cluster, sweep_on_cluster  # (it builds on this module)
+    from .cluster import Cluster, on_cluster  # (it builds on this module)
 
     started = time.perf_counter()
+    cluster = None
+    if on_cluster(executor):  # the workers measure the baseline too: the client evaluates nothing
+        cluster = Cluster(executor, model, evaluate, step, names, example_input, data)
     # clip leaves everything before the layer as it is: the baseline records what to replay
     recording = Recording(model, names) if step == "clip" and executor is None else None
     with recording if recording is not None else contextlib.nullcontext():
-        baseline = measure(model)
+        try:
+            baseline = cluster.baseline() if cluster is not None else measure(model)
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
     plans = recording.finish(names) if recording is not None else {}
     result = Sensitivity(step, levels, baseline, {n: [None] * len(levels) for n in names})
     result.sizes = {n: model.get_parameter(f"{n}.weight").numel() for n in names}
@@ -293,8 +301,8 @@ def _sensitivity(
             _sweep_in_place(
                 model, steps, names, levels, measure, example_input, data, limit, result, progress, plans
             )
-        elif on_cluster(executor):
-            sweep_on_cluster(executor, model, evaluate, steps, example_input, data, limit, result, progress)
+        elif cluster is not None:
+            cluster.sweep(steps, limit, result, progress)
         else:
             _sweep_with(executor, model, steps, example_input, data, evaluate, result, progress)
     except KeyboardInterrupt:
@@ -305,6 +313,8 @@ def _sensitivity(
     except Exception as exc:
         result.stopped = f"{type(exc).__name__}: {exc}; the model is as it was"
     finally:
+        if cluster is not None:
+            cluster.close()
         sync_versions(model)
         result.seconds = time.perf_counter() - started
     taint(model, changed)  # undo and reset must not pass over what the eval function changed
