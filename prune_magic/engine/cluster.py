@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import pickle
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -42,43 +43,51 @@ def on_cluster(executor: object) -> bool:
 class Payload:
     """What every worker needs, sent once: the model, the eval function and the sweep's settings.
 
-    Unpickled once per worker and kept there; the first point builds the worker's baseline
-    recording (:class:`Sweeper`), and a lock keeps the points of a multi-threaded worker from
-    pruning the same copy at once.
+    They travel as bytes pickled on the client, unpickled on each worker at its first task
+    (:class:`Sweeper`): a worker that fetches the payload from another while that one is
+    pruning its copy gets the client's bytes, never a copy caught halfway through a point.
+    A lock keeps the points of a multi-threaded worker from pruning the same copy at once.
     """
 
-    def __init__(
-        self,
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self.sweeper: Sweeper | None = None
+        self.lock = threading.Lock()
+
+    @classmethod
+    def pack(
+        cls,
         model: nn.Module,
         evaluate: Callable[[nn.Module], object],
         step: str,
         names: list[str],
         example_input: object,
         data: object,
-    ) -> None:
-        self.model, self.evaluate, self.step, self.names = model, evaluate, step, names
-        self.example_input, self.data = example_input, data
-        self.sweeper: Sweeper | None = None
-        self.lock = threading.Lock()
+    ) -> Payload:
+        import cloudpickle  # (comes with distributed) a notebook's functions travel by value
+
+        return cls(cloudpickle.dumps((model, evaluate, step, names, example_input, data)))
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(vars(self))
-        del state["sweeper"], state["lock"]
-        return state
+        return {"blob": self.blob}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
-        self.sweeper, self.lock = None, threading.Lock()
+        self.__init__(state["blob"])  # type: ignore[misc]
 
 
 class Sweeper:
     """A worker's side of the sweep: its copy of the model, pruned in place one point at a time."""
 
     def __init__(self, payload: Payload) -> None:
-        self.payload = payload
-        model, names = payload.model, payload.names
+        unpacked = pickle.loads(payload.blob)  # this worker's own copy, pruned in place from now on
+        self.model: nn.Module = unpacked[0]
+        self.evaluate: Callable[[nn.Module], object] = unpacked[1]
+        self.step: str = unpacked[2]
+        names: list[str] = unpacked[3]
+        self.example_input, self.data = unpacked[4], unpacked[5]
+        model = self.model
         # clip leaves everything before the layer as it is: one baseline records what to replay
-        recording = Recording(model, names) if payload.step == "clip" else None
+        recording = Recording(model, names) if self.step == "clip" else None
         with recording if recording is not None else contextlib.nullcontext():
             self.baseline = self.measure(model)
         self.plans: dict[str, Plan] = recording.finish(names) if recording is not None else {}
@@ -87,19 +96,19 @@ class Sweeper:
         self.saved: Saved | None = None
 
     def measure(self, model: nn.Module) -> float:
-        return measure_once(model, self.payload.evaluate)
+        return measure_once(model, self.evaluate)
 
     def point(self, name: str, level: float) -> float:
-        payload, model = self.payload, self.payload.model
-        step = parse_step(f"{payload.step} amount={level!r} layers={name}")
+        model = self.model
+        step = parse_step(f"{self.step} amount={level!r} layers={name}")
         if name != self.layer:  # one layer's copy at a time: a worker holds one model and one layer more
             self.layer, self.targets = name, select_targets(model, step)
-            self.saved = Saved(self.targets) if payload.step == "clip" else None
+            self.saved = Saved(self.targets) if self.step == "clip" else None
         plan = self.plans.get(name)
         with Prefix(model, name, plan) if plan else NoPrefix() as prefix:
             prefix.rewind()
             return point_in_place(
-                model, step, self.targets, self.saved, self.measure, payload.example_input, payload.data
+                model, step, self.targets, self.saved, self.measure, self.example_input, self.data
             )
 
 
@@ -137,7 +146,7 @@ class Cluster:
         data: object,
     ) -> None:
         self.client = client
-        payload = Payload(model, evaluate, step, names, example_input, data)
+        payload = Payload.pack(model, evaluate, step, names, example_input, data)
         self.payload = client.scatter(payload, broadcast=True, hash=False)
         self.futures: dict[tuple[str, int], Any] = {}
 

@@ -4,6 +4,7 @@ the model sent once per worker, and a worker killed mid-sweep."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import textwrap
@@ -176,3 +177,17 @@ def test_the_magic_sweeps_on_the_client_named_by_executor(client, ip) -> None:  
     assert ip.user_ns["agreement"].__module__ == "__main__"  # a notebook's function, sent by value
     assert remote.complete and remote.curves == local.curves
     assert same_bits(model, before)
+
+
+def test_a_payload_copied_while_a_worker_prunes_its_model_is_the_clients() -> None:
+    from prune_magic.engine.cluster import Payload, remote_point
+
+    model, accuracy = model_and_eval()
+    before = state(model)
+    payload = Payload.pack(model, accuracy, "clip", ["fc1", "fc2"], None, None)
+    remote_point(payload, "fc1", 0.9)  # the worker's copy now exists and has been pruned in place
+    with torch.no_grad():
+        payload.sweeper.model.fc1.weight.zero_()  # as if caught halfway through a point
+    copied = pickle.loads(pickle.dumps(payload))  # a peer fetching it, or a spill to disk
+    assert remote_point(copied, "fc1", 0.0) == 1.0
+    assert same_bits(copied.sweeper.model, before)
