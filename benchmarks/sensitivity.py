@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/sensitivity.py [--repeat 2] [--cnn-repeat 6] [--size 64] [--threads 1] [--breakdown]
+    .venv/bin/python benchmarks/sensitivity.py --dask 2   # on a Dask LocalCluster: see sensitivity_dask.py
 
 Two models are built here from a fixed seed (nothing is downloaded): a small CNN (three
 Conv+BN+ReLU layers of 32-64 channels on 1x28x28 inputs, a Linear head to 10 classes) and a
@@ -507,9 +508,23 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="also time no-replay and no-early-stop sweeps"
     )
+    parser.add_argument(
+        "--dask",
+        type=int,
+        metavar="N",
+        help="instead: the sweep on a LocalCluster of 1 and N workers (sensitivity_dask.py)",
+    )
+    parser.add_argument("--dask-samples", type=int, default=2048, help="with --dask: the eval set's size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = header()
+    if args.dask:
+        from sensitivity_dask import bench as dask_bench
+
+        missed_dask: list[str] = []
+        dask_bench(args.dask, args.dask_samples, args.repeat, args.threads, missed_dask)
+        footer(started, missed_dask)
+        return
     print(
         f"levels {','.join(f'{v:g}' for v in LEVELS)}, step clip, every Conv/Linear layer; "
         f"metric: top-1 agreement with the dense model on {SAMPLES} fixed random samples; "

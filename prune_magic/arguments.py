@@ -75,6 +75,12 @@ OUTPUT = option("-o", "--output", metavar="NAME", help="store the result object 
 @option("--exclude", help="layers left out of the sweep")
 @EXAMPLE_INPUT
 @option("--tolerance", type=float, default=0.01, help="the budget: the metric lost per layer at most")
+@option(
+    "--executor",
+    metavar="CLIENT",
+    help="a dask.distributed.Client in the namespace (e.g. Client(LocalCluster(n_workers=4))): the"
+    " points run on its workers, the model sent to each once; or a concurrent.futures executor",
+)
 @OUTPUT
 def sweep_options(line: str) -> None:
     """%prune sensitivity MODEL / %prune explore MODEL: sweep each layer alone at several levels."""

@@ -30,7 +30,8 @@ from .arguments import (
     sweep_options,
     usage,
 )
-from .namespace import model_names, unquoted
+from .completion import completer
+from .namespace import unquoted
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import ExecutionInfo, InteractiveShell
@@ -161,6 +162,8 @@ class PruneMagics(Magics):
                                       prune one layer at a time: curves and a budget
           %prune explore MODEL --eval FN
                                       one overall-sparsity slider; Apply
+          %prune sensitivity MODEL --eval FN --executor CLIENT
+                                      the points on a Dask cluster (CLIENT = Client(LocalCluster()))
 
         Options of %%prune:
         """
@@ -288,10 +291,14 @@ class PruneMagics(Magics):
         example = (
             self._namespace.expression(args.example_input, "--example-input") if args.example_input else None
         )
+        executor = self._namespace.name(args.executor, "--executor") if args.executor else None
+        if executor is not None and not callable(getattr(executor, "submit", None)):
+            raise UsageError(f"--executor {args.executor}: give a dask.distributed.Client (or an executor)")
         live = SweepProgress(args.model, args.tolerance, self.charts)
         result = sensitivity(
             model, evaluate, levels=levels, step=args.step, layers=_patterns(args.layers),
-            exclude=_patterns(args.exclude), example_input=example, data=data, progress=live.show,
+            exclude=_patterns(args.exclude), example_input=example, data=data, executor=executor,
+            progress=live.show,
         )  # fmt: skip
         if args.output:
             self._user_ns[args.output] = result
@@ -368,34 +375,11 @@ def _patterns(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
-def completer(shell: InteractiveShell) -> Any:
-    """A completion matcher for ``%%prune`` and ``%prune <subcommand>``: model names."""
-    from IPython.core.completer import CompletionContext, SimpleCompletion, context_matcher
-
-    @context_matcher()  # type: ignore[untyped-decorator]
-    def prune_matcher(context: CompletionContext) -> dict[str, Any]:
-        words = context.line_with_cursor[: context.cursor_position].split()
-        if not words or words[0] not in ("%%prune", "%prune") or context.token.startswith("-"):
-            return {"completions": []}
-        ends_with_space = context.line_with_cursor[: context.cursor_position].endswith(" ")
-        position = len(words) - (0 if ends_with_space else 1)  # which word the cursor is on
-        if words[0] == "%prune" and position == 1:
-            names, kind = list(SUBCOMMANDS), "subcommand"
-        elif position == 1 or (words[0] == "%prune" and position == 2):
-            names, kind = model_names(shell.user_ns), "model"
-        else:
-            return {"completions": []}
-        matches = [SimpleCompletion(n, type=kind) for n in names if n.startswith(context.token)]
-        return {"completions": matches, "suppress": True}
-
-    return prune_matcher
-
-
 def load(shell: InteractiveShell) -> None:
     """Register the magics, their options (``%config PruneMagics``) and tab completion."""
     magics = PruneMagics(shell=shell)
     shell.register_magics(magics)
-    magics._matcher = completer(shell)
+    magics._matcher = completer(shell, list(SUBCOMMANDS))
     shell.Completer.custom_matchers.append(magics._matcher)
 
 

@@ -284,7 +284,7 @@ def test_load_ext_imports_neither_torch_nor_matplotlib() -> None:
 
 
 def test_without_torch_imported_nothing_is_a_model() -> None:
-    from prune_magic.magics import model_names
+    from prune_magic.namespace import model_names
 
     assert model_names({"x": torch.nn.Linear(1, 1)}) == ["x"]
 
@@ -316,6 +316,10 @@ def test_a_sensitivity_sweep_shows_curves_and_a_budget_recipe(ip) -> None:
             "--levels 0.3,x: give amounts such as 0.1,0.3,0.5,0.7,0.9",
         ),
         ("%prune sensitivity model --eval agreement --levels 1.5", "levels must be amounts 0 <= level < 1"),
+        (
+            "%prune sensitivity model --eval agreement --executor X",
+            "--executor X: give a dask.distributed.Client (or an executor)",
+        ),
     ],
 )
 def test_sweep_errors_are_one_line(ip, line: str, message: str) -> None:

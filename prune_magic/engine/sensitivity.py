@@ -23,8 +23,10 @@ Each point prunes one layer in place, evaluates and puts the layer back bit for 
 - the baseline is measured once, and a clip puts back only the layer's tensors, from a
   copy taken once per layer.
 
-Points are independent, so they can also go through a ``concurrent.futures``-style
-executor (``executor.submit``): each point then prunes its own copy of the model.
+Points are independent, so they can also go elsewhere: with a ``dask.distributed.Client``
+as ``executor`` the model and the eval function go to each worker once and every worker
+sweeps its copy in place (:mod:`.cluster`); any other ``concurrent.futures``-style executor
+(a ``ProcessPoolExecutor``) gets each point with its own copy of the model.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import nn
@@ -217,7 +220,7 @@ def sensitivity(
     example_input: object = None,
     data: object = None,
     stop_below: float | None = None,
-    executor: Executor | None = None,
+    executor: object = None,
     progress: Progress | None = None,
 ) -> Sensitivity:
     """Prune each selected layer alone at each level, evaluate, and put it back.
@@ -229,8 +232,10 @@ def sensitivity(
             needs ``example_input``).
         stop_below: stop a layer's sweep once its metric falls below this (default: half
             the baseline), since higher levels only do worse.
-        executor: run points through ``executor.submit`` (each on its own copy of the
-            model) instead of in place, one after the other.
+        executor: a ``dask.distributed.Client``: the points run on its workers, each
+            sweeping its own copy in place (same results, same early stop); or any
+            ``concurrent.futures`` executor: each point on its own copy of the model
+            (no early stop).
         progress: called with the partial result after every point.
 
     Ctrl-C or an error in ``evaluate`` stops the sweep: the model is put back exactly
@@ -248,19 +253,29 @@ def sensitivity(
     steps = {(n, v): parse_step(f"{step} amount={v!r} layers={n}") for n in names for v in levels}
 
     def measure(m: nn.Module) -> float:
-        before = versions(m)
-        with eval_mode(m):  # an eval that forgets m.eval() must not move BatchNorm statistics
-            value = as_metric(evaluate(m))
-        check_untouched(m, before, who(evaluate))
-        if not isinstance(value, float):
-            raise PruneError("the sweep needs an eval function that returns one number")
-        return value
+        return measure_once(m, evaluate)
 
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError(
+            f"executor={type(executor).__name__}: give a dask.distributed.Client or a"
+            " concurrent.futures executor (something with .submit)"
+        )
     if example_input is not None:
         fits(model, example_input)
     with exclusive(model, "pm.sensitivity"):
         return _sensitivity(model, evaluate, levels, step, names, steps, measure, example_input, data,
                             stop_below, executor, progress)  # fmt: skip
+
+
+def measure_once(model: nn.Module, evaluate: Callable[[nn.Module], object]) -> float:
+    """``evaluate(model)`` in eval mode, checked to leave the weights alone and to give one number."""
+    before = versions(model)
+    with eval_mode(model):  # an eval that forgets m.eval() must not move BatchNorm statistics
+        value = as_metric(evaluate(model))
+    check_untouched(model, before, who(evaluate))
+    if not isinstance(value, float):
+        raise PruneError("the sweep needs an eval function that returns one number")
+    return value
 
 
 def _sensitivity(
@@ -274,14 +289,24 @@ def _sensitivity(
     example_input: object,
     data: object,
     stop_below: float | None,
-    executor: Executor | None,
+    executor: object,
     progress: Progress | None,
 ) -> Sensitivity:
+    from .cluster import Cluster, on_cluster  # (it builds on this module)
+
     started = time.perf_counter()
+    cluster = None
+    if on_cluster(executor):  # the workers measure the baseline too: the client evaluates nothing
+        cluster = Cluster(executor, model, evaluate, step, names, example_input, data)
     # clip leaves everything before the layer as it is: the baseline records what to replay
     recording = Recording(model, names) if step == "clip" and executor is None else None
     with recording if recording is not None else contextlib.nullcontext():
-        baseline = measure(model)
+        try:
+            baseline = cluster.baseline() if cluster is not None else measure(model)
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
     plans = recording.finish(names) if recording is not None else {}
     result = Sensitivity(step, levels, baseline, {n: [None] * len(levels) for n in names})
     result.sizes = {n: model.get_parameter(f"{n}.weight").numel() for n in names}
@@ -295,8 +320,10 @@ def _sensitivity(
             _sweep_in_place(
                 model, steps, names, levels, measure, example_input, data, limit, result, progress, plans
             )
+        elif cluster is not None:
+            cluster.sweep(steps, limit, result, progress)
         else:
-            _sweep_with(executor, model, steps, example_input, data, measure, result, progress)
+            _sweep_with(executor, model, steps, example_input, data, evaluate, result, progress)
     except KeyboardInterrupt:
         result.stopped = "interrupted (Ctrl-C); the model is as it was"
     except WeightsChanged as exc:
@@ -305,6 +332,8 @@ def _sensitivity(
     except Exception as exc:
         result.stopped = f"{type(exc).__name__}: {exc}; the model is as it was"
     finally:
+        if cluster is not None:
+            cluster.close()
         sync_versions(model)
         result.seconds = time.perf_counter() - started
     taint(model, changed)  # undo and reset must not pass over what the eval function changed
@@ -328,21 +357,12 @@ def _sweep_in_place(
         targets = select_targets(model, steps[name, levels[0]])
         # structured steps reshape the layer's input side too: only clip can replay a prefix
         with Prefix(model, name, plans[name]) if plans.get(name) else NoPrefix() as prefix:
-            saved = _Saved(targets) if result.step == "clip" else None
+            saved = Saved(targets) if result.step == "clip" else None
             for i, level in enumerate(levels):
-                records: list[Record] = []
-                before = signature(model) if saved is None else None
                 prefix.rewind()
-                try:
-                    if saved is not None:  # clip changes only the layer's weights: put them back from a copy
-                        cut(model, steps[name, level], targets, None)
-                    else:
-                        _apply(model, steps[name, level], records, example_input, data)
-                    metric = measure(model)
-                finally:
-                    if saved is not None:
-                        saved.restore()
-                    restore_all(model, records, expect=before)
+                metric = point_in_place(
+                    model, steps[name, level], targets, saved, measure, example_input, data
+                )
                 result.curves[name][i] = metric
                 result.evaluations += 1
                 if progress is not None:
@@ -351,7 +371,35 @@ def _sweep_in_place(
                     break
 
 
-class _Saved:
+def point_in_place(
+    model: nn.Module,
+    step: Step,
+    targets: list[Target],
+    saved: Saved | None,
+    measure: Callable[[nn.Module], float],
+    example_input: object,
+    data: object,
+) -> float:
+    """Prune ``model`` in place as ``step`` says, measure, and put it back bit for bit.
+
+    ``saved`` (clip steps): the targets' tensors, written back from that copy; otherwise
+    the step's undo records put everything back.
+    """
+    records: list[Record] = []
+    before = signature(model) if saved is None else None
+    try:
+        if saved is not None:  # clip changes only the layer's weights: put them back from a copy
+            cut(model, step, targets, None)
+        else:
+            _apply(model, step, records, example_input, data)
+        return measure(model)
+    finally:
+        if saved is not None:
+            saved.restore()
+        restore_all(model, records, expect=before)
+
+
+class Saved:
     """A copy of the targets' tensors, written back bit for bit after each point (even on Ctrl-C)."""
 
     def __init__(self, targets: list[Target]) -> None:
@@ -368,26 +416,27 @@ def _apply(model: nn.Module, step: Step, records: list[Record], example_input: o
 
 
 def _point(
-    model: nn.Module, step: Step, example_input: object, data: object, measure: Callable[[nn.Module], float]
+    model: nn.Module, step: Step, example_input: object, data: object, evaluate: Callable[[nn.Module], object]
 ) -> float:
-    """One point on its own copy of the model (for executors)."""
+    """One point on its own copy of the model (for executors; picklable for process pools)."""
     mine = copy.deepcopy(model)
     _apply(mine, step, [], example_input, data)
-    return measure(mine)
+    return measure_once(mine, evaluate)
 
 
 def _sweep_with(
-    executor: Executor,
+    executor: Executor | Any,  # anything with concurrent.futures' submit
     model: nn.Module,
     steps: dict[tuple[str, float], Step],
     example_input: object,
     data: object,
-    measure: Callable[[nn.Module], float],
+    evaluate: Callable[[nn.Module], object],
     result: Sensitivity,
     progress: Progress | None,
 ) -> None:
     futures = {
-        key: executor.submit(_point, model, step, example_input, data, measure) for key, step in steps.items()
+        key: executor.submit(_point, model, step, example_input, data, evaluate)
+        for key, step in steps.items()
     }
     try:
         for (name, level), future in futures.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -108,6 +108,23 @@ def test_an_executor_runs_the_points_on_copies() -> None:
     with ThreadPoolExecutor(2) as pool:
         parallel = sensitivity(model, accuracy, levels=LEVELS, executor=pool)
     assert parallel.curves == in_place.curves
+
+
+def importable_accuracy(model: nn.Module) -> float:  # process pools pickle functions by name
+    torch.manual_seed(1)
+    x = torch.randn(32, 64)
+    with torch.no_grad():
+        return float((model(x).argmax(1) == 0).float().mean())
+
+
+def test_a_process_pool_still_works_without_dask() -> None:
+    torch.manual_seed(0)
+    model = MLP().eval()
+    local = sensitivity(model, importable_accuracy, levels=LEVELS, stop_below=-1)
+    with ProcessPoolExecutor(2) as pool:
+        pooled = sensitivity(model, importable_accuracy, levels=LEVELS, stop_below=-1, executor=pool)
+    assert pooled.complete, pooled.stopped
+    assert pooled.curves == local.curves
 
 
 def test_structured_sweeps_need_an_example_input_and_restore_the_model() -> None:
