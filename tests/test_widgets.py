@@ -132,15 +132,21 @@ def test_histograms_bin_every_weight_and_mark_the_cut(mlp) -> None:
     assert big.sampled and sum(big.counts) == -(-(2_000_000 // 4096) // 16) * 4096  # every 16th block of 4096
 
 
-def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp) -> None:
-    from prune_magic.explorer import ExploreView
-
+def agreement_with(mlp):
+    """An eval function: how often the model agrees with the dense mlp on 128 fixed inputs."""
     x = torch.randn(128, 64)
     y = mlp(x).argmax(1)
 
-    def agreement(model):
+    def agreement(model):  # (its name is the metric's name in the view)
         return float((model(x).argmax(1) == y).float().mean())
 
+    return agreement
+
+
+def test_explore_spreads_a_global_amount_by_sensitivity_measures_and_applies(mlp) -> None:
+    from prune_magic.explorer import ExploreView
+
+    agreement = agreement_with(mlp)
     sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
     before = state(mlp)
     view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"))
@@ -513,12 +519,7 @@ def test_values_that_differ_from_the_cell_are_marked_with_a_recipe_to_paste(dash
 def test_explore_measures_the_sparsity_its_slider_sets_and_formats_the_metric(mlp) -> None:
     from prune_magic.explorer import ExploreView
 
-    x = torch.randn(128, 64)
-    y = mlp(x).argmax(1)
-
-    def agreement(model):
-        return float((model(x).argmax(1) == y).float().mean())
-
+    agreement = agreement_with(mlp)
     sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
     view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore"), charts=False)
     assert view.wait(30)
