@@ -21,11 +21,12 @@
 from __future__ import annotations
 
 import contextlib
-import pickle
+import io
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .recipe import Step, parse_step
@@ -46,6 +47,9 @@ class Payload:
     They travel as bytes pickled on the client, unpickled on each worker at its first task
     (:class:`Sweeper`): a worker that fetches the payload from another while that one is
     pruning its copy gets the client's bytes, never a copy caught halfway through a point.
+    The bytes are ``torch.save``'s (with cloudpickle, so a notebook's functions travel by
+    value), which stores each tensor storage once: plain pickling writes a whole storage for
+    every view of it, and an eval function over ``X.split(32)`` became 64 copies of ``X``.
     A lock keeps the points of a multi-threaded worker from pruning the same copy at once.
     """
 
@@ -66,7 +70,9 @@ class Payload:
     ) -> Payload:
         import cloudpickle  # (comes with distributed) a notebook's functions travel by value
 
-        return cls(cloudpickle.dumps((model, evaluate, step, names, example_input, data)))
+        buffer = io.BytesIO()
+        torch.save((model, evaluate, step, names, example_input, data), buffer, pickle_module=cloudpickle)
+        return cls(buffer.getvalue())
 
     def __getstate__(self) -> dict[str, Any]:
         return {"blob": self.blob}
@@ -79,7 +85,8 @@ class Sweeper:
     """A worker's side of the sweep: its copy of the model, pruned in place one point at a time."""
 
     def __init__(self, payload: Payload) -> None:
-        unpacked = pickle.loads(payload.blob)  # this worker's own copy, pruned in place from now on
+        # this worker's own copy, pruned in place from now on (the client's bytes: trusted)
+        unpacked = torch.load(io.BytesIO(payload.blob), weights_only=False)
         self.model: nn.Module = unpacked[0]
         self.evaluate: Callable[[nn.Module], object] = unpacked[1]
         self.step: str = unpacked[2]
@@ -129,10 +136,12 @@ def remote_baseline(payload: Payload) -> float:
 
 
 class Cluster:
-    """A sweep's payload on ``client``'s workers: the baseline, then every point as a task.
+    """A sweep's payload on ``client``'s workers: the baseline and every point, submitted at once.
 
     The baseline comes from a worker too (it records that worker's replay on the way), so the
-    client evaluates nothing itself: a laptop can drive a sweep it could not run.
+    client evaluates nothing itself: a laptop can drive a sweep it could not run. The points
+    go out with it, so the other workers start on theirs (and their own baselines) meanwhile;
+    which of them count is decided as results arrive (:meth:`sweep`).
     """
 
     def __init__(
@@ -144,34 +153,31 @@ class Cluster:
         names: list[str],
         example_input: object,
         data: object,
+        steps: dict[tuple[str, float], Step],
+        levels: tuple[float, ...],
     ) -> None:
         self.client = client
         payload = Payload.pack(model, evaluate, step, names, example_input, data)
         self.payload = client.scatter(payload, broadcast=True, hash=False)
-        self.futures: dict[tuple[str, int], Any] = {}
-
-    def baseline(self) -> float:
-        value: float = self.client.submit(remote_baseline, self.payload, pure=False).result()
-        return value
-
-    def sweep(
-        self,
-        steps: dict[tuple[str, float], Step],
-        limit: float,
-        result: Sensitivity,
-        progress: Progress | None,
-    ) -> None:
-        """Every point as a task; ``result`` filled as the local sweep fills it."""
-        from distributed import as_completed
-
-        client, names, levels = self.client, list(result.curves), result.levels
-        futures = self.futures = {
+        self.first = client.submit(remote_baseline, self.payload, pure=False, priority=len(levels) + 1)
+        self.futures: dict[tuple[str, int], Any] = {
             (name, i): client.submit(
                 remote_point, self.payload, name, level, pure=False, priority=len(levels) - i
             )
             for (name, level) in steps
             for i in [levels.index(level)]
         }
+
+    def baseline(self) -> float:
+        value: float = self.first.result()
+        return value
+
+    def sweep(self, limit: float, result: Sensitivity, progress: Progress | None) -> None:
+        """Take the points as they arrive; ``result`` filled as the local sweep fills it."""
+        from distributed import as_completed
+
+        client, futures = self.client, self.futures
+        names, levels = list(result.curves), result.levels
         keys = {future.key: key for key, future in futures.items()}
         arrived: dict[tuple[str, int], float] = {}
         taken = dict.fromkeys(names, 0)  # per layer, how many levels are in the result
@@ -197,4 +203,4 @@ class Cluster:
 
     def close(self) -> None:
         """Cancel what is outstanding (Ctrl-C, an error) and let the workers drop the payload."""
-        self.client.cancel([*self.futures.values(), self.payload])
+        self.client.cancel([self.first, *self.futures.values(), self.payload])

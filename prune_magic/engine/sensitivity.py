@@ -297,7 +297,7 @@ def _sensitivity(
     started = time.perf_counter()
     cluster = None
     if on_cluster(executor):  # the workers measure the baseline too: the client evaluates nothing
-        cluster = Cluster(executor, model, evaluate, step, names, example_input, data)
+        cluster = Cluster(executor, model, evaluate, step, names, example_input, data, steps, levels)
     # clip leaves everything before the layer as it is: the baseline records what to replay
     recording = Recording(model, names) if step == "clip" and executor is None else None
     with recording if recording is not None else contextlib.nullcontext():
@@ -321,7 +321,7 @@ def _sensitivity(
                 model, steps, names, levels, measure, example_input, data, limit, result, progress, plans
             )
         elif cluster is not None:
-            cluster.sweep(steps, limit, result, progress)
+            cluster.sweep(limit, result, progress)
         else:
             _sweep_with(executor, model, steps, example_input, data, evaluate, result, progress)
     except KeyboardInterrupt:

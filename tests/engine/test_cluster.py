@@ -191,3 +191,21 @@ def test_a_payload_copied_while_a_worker_prunes_its_model_is_the_clients() -> No
     copied = pickle.loads(pickle.dumps(payload))  # a peer fetching it, or a spill to disk
     assert remote_point(copied, "fc1", 0.0) == 1.0
     assert same_bits(copied.sweeper.model, before)
+
+
+def test_a_payload_holds_each_tensor_once_however_many_views_the_eval_function_keeps() -> None:
+    from prune_magic.engine.cluster import Payload, remote_point
+
+    model, _ = model_and_eval()
+    X = torch.randn(512, 64)
+    batches = list(X.split(8))  # 64 views of one storage, as a notebook's X_test.split(32) makes
+
+    def batched(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(sum(m(b).sum() for b in batches))
+
+    payload = Payload.pack(model, batched, "clip", ["fc1", "fc2"], None, None)
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # plain pickling wrote X once per view: 64 times its 131 kB
+    assert len(payload.blob) < 1.5 * (X.numel() * X.element_size() + model_bytes)
+    assert remote_point(payload, "fc1", 0.0) == batched(model)
