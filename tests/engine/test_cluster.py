@@ -179,6 +179,17 @@ def test_the_magic_sweeps_on_the_client_named_by_executor(client, ip) -> None:  
     assert same_bits(model, before)
 
 
+def test_explore_sweeps_on_the_client_named_by_executor(client, ip) -> None:  # noqa: F811 (a fixture)
+    model = ip.user_ns["model"]
+    before = state(model)
+    ip.user_ns["client"] = client
+    run(ip, "%prune explore model --eval agreement --levels 0.3,0.8 -o local")
+    run(ip, "%prune explore model --eval agreement --levels 0.3,0.8 --executor client -o remote")
+    local, remote = ip.user_ns["local"], ip.user_ns["remote"]
+    assert remote.complete and remote.curves == local.curves and remote.baseline == local.baseline
+    assert same_bits(model, before)
+
+
 def test_a_payload_copied_while_a_worker_prunes_its_model_is_the_clients() -> None:
     from prune_magic.engine.cluster import Payload, remote_point
 
