@@ -8,7 +8,8 @@ Version counters tell when something changed a recorded output in place (an in-p
 residual ``+=``): that module then runs for real (:class:`Output`). The model's inputs are
 compared exactly with the baseline's (keywords too): an evaluation that feeds others runs
 everything. Nothing is replayed before a layer whose weights a module uses earlier (tied
-weights).
+weights). What the recording keeps is bounded (:data:`BUDGET`): an eval set whose activations
+would not fit (ImageNet's validation set through a ResNet) is swept without the replay.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ import torch
 from torch import nn
 
 from .snapshot import deferred_interrupt
+
+#: Bytes of outputs and inputs the baseline may keep for the replay. Past it the recording is
+#: dropped and every point evaluates the whole model (slower, same results): the replay saves
+#: time, it must never be what runs a machine out of memory.
+BUDGET = 2**30
 
 
 class Output:
@@ -83,6 +89,9 @@ class Recording:
         self.active = False
         self.clock = 0
         self.handles: list[Any] = []
+        self.kept = 0  # bytes held for the replay (each storage counted once)
+        self.storages: set[int] = set()
+        self.over = False  # past BUDGET: nothing recorded, nothing replayed
 
     def __enter__(self) -> Recording:
         self.handles.append(self.model.register_forward_pre_hook(self._enter_model, with_kwargs=True))
@@ -101,10 +110,13 @@ class Recording:
         self.open.clear()
 
     def _enter_model(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self.over:
+            return
         self.active = True
         self.open.clear()
         self.inputs.append((_snapshot(args), _snapshot(kwargs)))
         self.first.append({})
+        self._keep(self.inputs[-1])
 
     def _leave_model(self, module: nn.Module, args: Any, out: Any) -> None:
         self.active = False
@@ -125,6 +137,23 @@ class Recording:
         output = Output(out) if _tensors(out) is not None else None
         enclosing = tuple(m for m, _ in self.open)
         self.calls.append(Call(module, len(self.inputs) - 1, start, self.clock, enclosing, output))
+        if output is not None:
+            self._keep(output.value)
+
+    def _keep(self, value: Any) -> None:
+        """Count what the recording now holds; past :data:`BUDGET`, let all of it go."""
+        for tensor in _all_tensors(value):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in self.storages:  # (held: its address is not reused)
+                self.storages.add(storage.data_ptr())
+                self.kept += storage.nbytes()
+        if self.kept > BUDGET:
+            self.over, self.active = True, False
+            self.calls.clear()
+            self.inputs.clear()
+            self.first.clear()
+            self.open.clear()
+            self.storages.clear()
 
     def plan(self, layer: str) -> Plan:
         """The modules to replay before ``layer``, each with its recorded outputs in call order.
@@ -252,6 +281,17 @@ def _tensors(value: Any) -> list[torch.Tensor] | None:
             found += inner
         return found
     return [] if value is None or isinstance(value, int | float | bool | str) else None
+
+
+def _all_tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in tuples, lists and dicts (inputs' keywords): what a recording holds."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [t for item in value for t in _all_tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _all_tensors(item)]
+    return []
 
 
 def _versions(value: Any) -> tuple[int, ...]:

@@ -75,6 +75,21 @@ def test_modules_before_the_pruned_layer_run_only_for_the_baseline() -> None:
     assert result.evaluations == 4
 
 
+def test_an_eval_set_too_large_to_record_is_swept_without_the_replay(monkeypatch) -> None:
+    from prune_magic.engine import replay
+
+    model, accuracy = setup(MLP, (64, 64))
+    model.fc1.__class__ = CountingLinear
+    replayed = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    monkeypatch.setattr(replay, "BUDGET", 20_000)  # less than one batch's activations and inputs
+    CountingLinear.calls = 0
+    full = sensitivity(model, accuracy, levels=LEVELS, stop_below=-1)
+    assert full.curves == replayed.curves and full.baseline == replayed.baseline
+    # fc1 ran at every point (2 batches each): nothing recorded, nothing replayed
+    assert CountingLinear.calls == 2 * full.evaluations
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
 def test_a_layer_stops_once_its_metric_collapses() -> None:
     model, accuracy = setup(MLP, (64, 64))
     result = sensitivity(model, accuracy, levels=(0.5, 0.99), stop_below=2.0)  # everything "collapses"
