@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import PruneError
+from .guard import WeightsChanged
 from .recipe import Step, parse_step
 from .replay import NoPrefix, Plan, Prefix, Recording
 from .selection import Target
@@ -186,7 +188,10 @@ class Cluster:
             name, i = keys[future.key]
             if name not in open_layers:
                 continue  # a level past the layer's collapse (cancelled, or done before the cancel)
-            arrived[name, i] = future.result()
+            try:
+                arrived[name, i] = future.result()
+            except WeightsChanged as exc:  # a worker's copy, not this model: nothing here to taint
+                raise PruneError(f"on a worker, {exc}; your model here is as it was") from None
             while (name, taken[name]) in arrived:  # in level order, as the local sweep
                 metric = arrived.pop((name, taken[name]))
                 result.curves[name][taken[name]] = metric

@@ -220,3 +220,24 @@ def test_a_payload_holds_each_tensor_once_however_many_views_the_eval_function_k
     # plain pickling wrote X once per view: 64 times its 131 kB
     assert len(payload.blob) < 1.5 * (X.numel() * X.element_size() + model_bytes)
     assert remote_point(payload, "fc1", 0.0) == batched(model)
+
+
+def test_an_eval_function_that_changes_a_workers_weights_stops_the_sweep_and_leaves_the_model(client) -> None:
+    model, accuracy = model_and_eval()
+    before = state(model)
+    calls = []
+
+    def steps_the_optimizer_once(m: nn.Module) -> float:
+        calls.append(1)  # (on the worker's copy of this list) the baseline reads, the first point writes
+        if len(calls) == 2:
+            with torch.no_grad():
+                m.fc1.weight.mul_(1.5)
+        return accuracy(m)
+
+    result = sensitivity(model, steps_the_optimizer_once, levels=LEVELS, stop_below=-1, executor=client)
+    assert "on a worker" in result.stopped and "changed the model's weights" in result.stopped
+    assert "your model here is as it was" in result.stopped
+    assert same_bits(model, before)
+    pm.prune(model, "clip amount=0.5")
+    pm.undo(model)  # not tainted: undo and reset still work
+    assert same_bits(model, before)
