@@ -104,10 +104,17 @@ def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[t
         return out
 
     concat = tp.ops.OPTYPE.CONCAT
-    with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
-        graph = _graph_with_sizes(tp, recorded).build_dependency(
-            model, example_inputs=list(args), forward_fn=forward, verbose=False
-        )
+    hooks = {m: set(m._forward_hooks) for m in model.modules()}
+    try:
+        with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
+            graph = _graph_with_sizes(tp, recorded).build_dependency(
+                model, example_inputs=list(args), forward_fn=forward, verbose=False
+            )
+    except BaseException:  # Torch-Pruning leaves its tracing hooks on the modules when a pass fails
+        for module, kept in hooks.items():
+            for key in set(module._forward_hooks) - kept:
+                del module._forward_hooks[key]
+        raise
     graph.shuffles = {n.module for n in graph.module2node.values() if n.grad_fn in recorded.shuffles}
     for node in graph.module2node.values():
         if node.type == concat and node.module.offsets is None and node.grad_fn in recorded.sizes:

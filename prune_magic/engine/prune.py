@@ -25,6 +25,7 @@ from .errors import PruneError
 from .evaluate import Evaluate, Metric, as_metric, check_reusable, eval_mode, metric_name
 from .guard import WeightsChanged, check_model, check_untouched, exclusive, versions, who
 from .history import Entry, begin, commit, history, redo, rewind, sync_versions, taint, undo
+from .macs import MacTap
 from .recipe import Recipe, Step, parse_recipe
 from .reparam import refresh
 from .report import fits, timing
@@ -148,7 +149,10 @@ def _prune(
     try:
         # a re-run starts from the state its previous run started from: reuse that metric
         metric_before = _known_start(rewound, evaluate) or _evaluate(evaluate, model)
-        before = _measure(model, example_input) if report else None
+        # one structured step runs the example input before it changes anything (its trace) and
+        # after (its check): the MACs are counted on those passes rather than on two of our own
+        tap = MacTap(model) if report and example_input is not None and _one_structured(parsed) else None
+        before = _measure(model, None if tap is not None else example_input) if report else None
         # a quarter second each side: enough runs that noise shows as noise (the spread is kept)
         latency_before = timing(model, example_input, 0.25) if timed and example_input is not None else None
         training = Training(
@@ -157,11 +161,15 @@ def _prune(
             (lambda m: _evaluate(evaluate, m)) if evaluate is not None else None,
             _watched(model, progress, "progress"),
         )
-        for i, step in enumerate(parsed.steps):
-            # the first step's selection still holds unless a rewind put other tensors back
-            known = selected[0] if i == 0 and not rewound else None
-            results.append(_apply(model, step, keep, done, example_input, data, training, known))
-        after = _measure(model, example_input) if report else None
+        with tap if tap is not None else nullcontext():
+            for i, step in enumerate(parsed.steps):
+                # the first step's selection still holds unless a rewind put other tensors back
+                known = selected[0] if i == 0 and not rewound else None
+                results.append(_apply(model, step, keep, done, example_input, data, training, known))
+        after = _measure(model, example_input if tap is None else None) if report else None
+        if tap is not None and before is not None and after is not None and len(tap.counts) >= 2:
+            # (a step that ran the model fewer than twice left counts that say nothing: no MACs)
+            before, after = before.with_macs(tap.counts[0]), after.with_macs(tap.counts[-1])
         latency_after = timing(model, example_input, 0.25) if latency_before is not None else None
         # a last step that trained measured the final model already (after its last epoch or step)
         last = results[-1].curve[-1] if results and results[-1].curve else None
@@ -207,6 +215,10 @@ def _prune(
         step_notes,
         (latency_before, latency_after) if latency_before is not None and latency_after is not None else None,
     )
+
+
+def _one_structured(recipe: Recipe) -> bool:
+    return len(recipe.steps) == 1 and recipe.steps[0].kind == "structured"
 
 
 def _notes(model: nn.Module, recipe: Recipe) -> tuple[str, ...]:

@@ -14,17 +14,16 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from .errors import PruneError, shorten
 from .evaluate import eval_mode
+from .macs import MacCounter, enter, leave
 
 #: How :attr:`Report.sparse_bytes` counts: the smallest lossless store of a sparse tensor.
 SPARSE_FORMAT = "bitmask + nonzero values"
@@ -55,6 +54,16 @@ class Report:
     rows: tuple[Row, ...]
     macs: int | None = None
     disk: str | None = None  # "on disk: X KiB dense → Y KiB compressed (Zx)" (report(..., disk=True))
+
+    def with_macs(self, macs: tuple[int, dict[str, int]]) -> Report:
+        """This report with MACs counted elsewhere (a :class:`~prune_magic.engine.macs.MacTap`'s),
+        as :func:`report` would have put them: the total, and per weight its layer's."""
+        total, per_layer = macs
+        rows = tuple(
+            replace(r, macs=per_layer.get(r.name.rpartition(".")[0]) if r.name.endswith(".weight") else None)
+            for r in self.rows
+        )
+        return replace(self, rows=rows, macs=total)
 
     @property
     def params(self) -> int:
@@ -144,18 +153,25 @@ class Report:
 
 
 def report(
-    model: nn.Module, example_input: object = None, names: Sequence[str] | None = None, disk: bool = False
+    model: nn.Module,
+    example_input: object = None,
+    names: Sequence[str] | None = None,
+    disk: bool = False,
+    macs: tuple[int, dict[str, int]] | None = None,
 ) -> Report:
     """Measure ``model``: one row per parameter (or per name in ``names``), plus totals.
 
     With ``example_input`` (a tensor or a tuple of positional inputs), MACs per forward
     are counted with PyTorch's FLOP counter, in total and per layer. With ``disk=True``,
     the size of ``pm.save(model, path, compress=True)`` beside the dense tensors' (the
-    model is compressed in memory to measure it).
+    model is compressed in memory to measure it). ``macs``: counts already made of this very
+    model (a :class:`~prune_magic.engine.macs.MacTap`'s), used instead of counting again.
     """
     layer_macs: dict[str, int] = {}
     total_macs = None
-    if example_input is not None:
+    if macs is not None:
+        total_macs, layer_macs = macs
+    elif example_input is not None:
         total_macs, layer_macs = count_macs(model, example_input)
     modules = dict(model.named_modules())
     rows = []
@@ -223,12 +239,12 @@ def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, 
     model instead of a module tracker that also follows backward (2-3x faster, same counts).
     """
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    counter = _MacCounter()
+    counter = MacCounter()
     handles = []
     for name, module in model.named_modules():
         if name:
-            handles.append(module.register_forward_pre_hook(partial(_enter, counter.inside, name)))
-            handles.append(module.register_forward_hook(partial(_leave, counter.inside)))
+            handles.append(module.register_forward_pre_hook(partial(enter, counter.inside, name)))
+            handles.append(module.register_forward_hook(partial(leave, counter.inside)))
     try:
         with eval_mode(model), torch.no_grad(), _rejected(model, example_input, counter.inside), counter:
             model(*args)
@@ -236,34 +252,6 @@ def count_macs(model: nn.Module, example_input: object) -> tuple[int, dict[str, 
         for handle in handles:
             handle.remove()
     return counter.total // 2, {name: flops // 2 for name, flops in counter.per_module.items()}
-
-
-def _enter(inside: list[str], name: str, module: nn.Module, args: object) -> None:
-    inside.append(name)
-
-
-def _leave(inside: list[str], module: nn.Module, args: object, out: object) -> None:
-    inside.pop()  # returns None: the output stays as it is
-
-
-class _MacCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
-    """Counts the FLOPs of every op torch's FLOP counter has a formula for."""
-
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.total = 0
-        self.per_module: dict[str, int] = {}
-        self.inside: list[str] = []  # the modules running now, outermost first
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            flops = int(formula(*args, **(kwargs or {}), out_val=out))
-            self.total += flops
-            for name in self.inside:
-                self.per_module[name] = self.per_module.get(name, 0) + flops
-        return out
 
 
 def fits(model: nn.Module, example_input: object) -> None:
@@ -284,8 +272,8 @@ def _rejected(model: nn.Module, example_input: object, running: list[str] | None
         running = []
         for name, module in model.named_modules():
             if name:
-                handles.append(module.register_forward_pre_hook(partial(_enter, running, name)))
-                handles.append(module.register_forward_hook(partial(_leave, running)))
+                handles.append(module.register_forward_pre_hook(partial(enter, running, name)))
+                handles.append(module.register_forward_hook(partial(leave, running)))
     try:
         yield
     except PruneError:

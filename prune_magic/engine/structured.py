@@ -31,6 +31,7 @@ from .dependencies import Kept, attention_modules, channel_groups, groups, outpu
 from .errors import PruneError, shorten
 from .evaluate import eval_mode, first_batch
 from .recipe import Step
+from .report import fits
 from .selection import DEFAULT_TYPES, Target
 from .snapshot import ModuleRecord, restore_all
 
@@ -76,6 +77,7 @@ def apply_structured(
     except PruneError:
         raise
     except Exception as exc:  # Torch-Pruning could not follow the graph: nothing has changed yet
+        fits(model, example_input)  # or the input does not fit the model: say where it is rejected
         raise PruneError(_unsupported(tp, model, exc)) from exc
     # The undo record: every module that holds tensors, by reference (no copies). Torch-Pruning
     # replaces tensors it cuts, including bare Parameters a block owns (a ConvNeXt layer scale,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import copy
 import io
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 
 import prune_magic as pm
 from tests.conftest import same_bits, state
-from tests.engine.architectures import ARCHITECTURES, DenseNet, Transformer
+from tests.engine.architectures import ARCHITECTURES, DenseNet, ResNet, Transformer
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -323,3 +324,21 @@ def test_a_reparametrized_layer_is_refused_by_name_with_the_fix(wrap: str) -> No
     assert same_bits(model, before)
     pm.prune(model, "structured amount=0.5 exclude=fc1", example_input=x)  # the way out it names
     assert model.fc2.out_features == 64
+
+
+def test_a_structured_steps_report_counts_macs_on_its_own_passes_as_a_count_would() -> None:
+    from prune_magic.engine.report import count_macs
+
+    torch.manual_seed(0)
+    model, x = ResNet().eval(), torch.randn(2, 1, 8, 8)
+    dense = count_macs(model, x)
+    twin = copy.deepcopy(model)
+    result = pm.prune(model, "structured amount=0.5", example_input=x)
+    pm.prune(twin, "structured amount=0.5", example_input=x, report=False)
+    pruned = count_macs(twin, x)
+    assert result.before.macs == dense[0] and result.after.macs == pruned[0] < dense[0]
+    for report, (_, per_layer) in ((result.before, dense), (result.after, pruned)):
+        for row in report.rows:
+            owner, _, attr = row.name.rpartition(".")
+            assert row.macs == (per_layer.get(owner) if attr == "weight" else None), row.name
+    assert not model._forward_hooks and not any(m._forward_pre_hooks for m in model.modules())
