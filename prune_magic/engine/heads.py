@@ -58,16 +58,11 @@ class Attention:
 
 @dataclass(frozen=True)
 class HeadCut:
-    """The key-value groups (each with its query heads) one attention block loses."""
+    """The query heads and key-value heads one attention block loses."""
 
     attention: Attention
-    groups: tuple[int, ...]
-
-    @property
-    def heads(self) -> tuple[int, ...]:
-        """The query heads removed."""
-        n = self.attention.per_kv
-        return tuple(h for g in self.groups for h in range(g * n, (g + 1) * n))
+    heads: tuple[int, ...]  # query heads
+    groups: tuple[int, ...]  # key-value heads (each goes with all its query heads)
 
 
 def choose(
@@ -85,7 +80,7 @@ def choose(
     kept.extend(Kept(name, 0, why) for name in other)
     cuts = plan(model, chosen, share, importance)
     cut = {c.attention.name for c in cuts}
-    few = f"heads={share:g} of its key-value heads (each with its query heads) rounds to none"
+    few = f"heads={share:g} rounds to no key-value head, and to no query head of each"
     kept.extend(Kept(a.name, a.heads, few) for a in chosen if a.name not in cut)
     return len(found), cuts
 
@@ -156,19 +151,28 @@ def _layout(name: str, m: nn.Module, named: dict[str, nn.Module]) -> Attention |
 
 
 def plan(model: nn.Module, attentions: Sequence[Attention], share: float, importance: str) -> list[HeadCut]:
-    """The heads each block loses: ``share`` of its key-value groups (rounded, at least one kept),
-    the weakest by ``importance`` (``l1``, ``random``, else the L2 norm)."""
+    """The heads each block loses, the weakest by ``importance`` (``l1``, ``random``, else the L2
+    norm): ``share`` of its key-value heads, each with its query heads (rounded, one kept); where
+    that rounds to none (few key-value heads: one, with multi-query attention), ``share`` of the
+    query heads of every key-value head, the same number from each, the key-value heads kept."""
     cuts = []
+    p = 1 if importance == "l1" else 2
     for att in attentions:
         n = min(round(share * att.kv_heads), att.kv_heads - 1)
-        if n <= 0:
+        if n > 0:
+            scores = torch.rand(att.kv_heads) if importance == "random" else _scores(model, att, p)
+            groups = sorted(scores.argsort()[:n].tolist())
+            per = att.per_kv
+            cuts.append(
+                HeadCut(att, tuple(h for g in groups for h in range(g * per, (g + 1) * per)), tuple(groups))
+            )
             continue
-        scores = (
-            torch.rand(att.kv_heads)
-            if importance == "random"
-            else _scores(model, att, 1 if importance == "l1" else 2)
-        )
-        cuts.append(HeadCut(att, tuple(sorted(scores.argsort()[:n].tolist()))))
+        m = min(round(share * att.per_kv), att.per_kv - 1)
+        if m > 0:
+            scores = torch.rand(att.heads) if importance == "random" else _query_scores(model, att, p)
+            chosen = scores.view(att.kv_heads, att.per_kv).argsort(1)[:, :m]
+            heads = chosen + torch.arange(att.kv_heads)[:, None] * att.per_kv
+            cuts.append(HeadCut(att, tuple(sorted(heads.flatten().tolist())), ()))
     return cuts
 
 
@@ -185,6 +189,18 @@ def _scores(model: nn.Module, att: Attention, p: int) -> torch.Tensor:
             parts = (rows["q"][q], rows["k"][kv], rows["v"][kv], rows["o"][q])
             score[g] = sum(float(t.abs().float().pow(p).sum()) for t in parts)
     return score
+
+
+def _query_scores(model: nn.Module, att: Attention, p: int) -> torch.Tensor:
+    """Each query head's weight magnitude: its query rows and the output columns it feeds."""
+    q, o, hd = _rows(model, att, "q"), _rows(model, att, "o"), att.head_dim
+    with torch.no_grad():
+        return torch.tensor(
+            [
+                sum(float(t[h * hd : (h + 1) * hd].abs().float().pow(p).sum()) for t in (q, o))
+                for h in range(att.heads)
+            ]
+        )
 
 
 def _rows(model: nn.Module, att: Attention, part: str) -> torch.Tensor:
@@ -219,6 +235,7 @@ def remove(model: nn.Module, cut: HeadCut) -> None:
         "num_heads": heads,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
+        "num_key_value_groups": heads // kv_heads,
         "split_size": heads * hd,
         "all_head_size": heads * hd,
     }

@@ -109,14 +109,14 @@ def mlp_widths(config: Any) -> dict[int, str]:
 def head_fields(config: Any, cuts: Sequence[HeadCut], blocks: int) -> dict[str, int]:
     """The head counts for the config once ``cuts`` are made: only when every one of the model's
     ``blocks`` self-attention blocks loses the same number (the config has one count)."""
-    if not cuts or len(cuts) != blocks or len({len(c.groups) for c in cuts}) != 1:
+    if not cuts or len(cuts) != blocks or len({(len(c.heads), len(c.groups)) for c in cuts}) != 1:
         return {}
-    att, lost = cuts[0].attention, len(cuts[0].groups)
+    att = cuts[0].attention
     fields: dict[str, int] = {}
     if _int(getattr(config, "num_attention_heads", None)):
-        fields["num_attention_heads"] = att.heads - lost * att.per_kv
+        fields["num_attention_heads"] = att.heads - len(cuts[0].heads)
     if _int(getattr(config, "num_key_value_heads", None)):
-        fields["num_key_value_heads"] = att.kv_heads - lost
+        fields["num_key_value_heads"] = att.kv_heads - len(cuts[0].groups)
     if att.layout == "qkvo" and hasattr(config, "head_dim"):  # (Llama reads it; others derive it)
         fields["head_dim"] = att.head_dim
     return fields

@@ -51,6 +51,16 @@ def llama() -> nn.Module:  # grouped-query attention: 4 query heads read 2 key-v
     return t.LlamaForCausalLM(config)
 
 
+def llama_mqa(heads: int = 4) -> nn.Module:  # multi-query attention: one key-value head
+    t = transformers
+    config = t.LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16,
+        num_attention_heads=heads, num_key_value_heads=1 if heads == 4 else 2, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    return t.LlamaForCausalLM(config)
+
+
 def bert() -> nn.Module:
     t = transformers
     config = t.BertConfig(
@@ -84,6 +94,7 @@ def t5() -> nn.Module:
 MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Any]]] = {
     "gpt2": (gpt2, lambda: torch.randint(0, 100, (2, 12))),
     "llama": (llama, lambda: torch.randint(0, 100, (2, 12))),
+    "llama_mqa": (llama_mqa, lambda: torch.randint(0, 100, (2, 12))),
     "bert": (bert, lambda: torch.randint(0, 100, (2, 12))),
     "vit": (vit, lambda: torch.randn(2, 3, 32, 32)),
 }
@@ -156,7 +167,7 @@ def test_llama_grouped_query_attention_loses_key_value_heads_with_their_query_gr
     assert (model.config.head_dim, model.config.intermediate_size) == (16, 64)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "vit"])
+@pytest.mark.parametrize("name", MODELS)
 def test_removing_heads_is_silencing_them(name: str) -> None:
     # a head adds to the output only through its columns of the output projection: the pruned
     # model computes what the original does with those columns zeroed (MLP kept: heads only)
@@ -184,7 +195,29 @@ def _output_projection(model: nn.Module, attention: str) -> nn.Module:
     return model.get_submodule(attention.rpartition(".")[0] + ".output.dense")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_with_one_key_value_head_query_heads_go_and_the_key_value_head_stays() -> None:
+    model, x = build("llama_mqa")
+    pm.prune(model, RECIPE, example_input=x, report=False)
+    attn = model.model.layers[0].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.num_key_value_groups) == (32, 16, 2)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (2, 1)
+
+
+def test_a_share_too_small_for_a_key_value_head_takes_query_heads_from_each_group() -> None:
+    torch.manual_seed(0)
+    with quiet():
+        model = llama_mqa(heads=8).eval()  # 8 query heads, 2 key-value heads
+    x = torch.randint(0, 100, (1, 12))
+    result = pm.prune(model, "structured amount=0 heads=0.25", example_input=x, report=False)
+    removed = [r.removed for r in result.steps[0].removals if r.unit == "heads"]
+    assert len(removed) == 2 and all(
+        len(r) == 2 and sum(h < 4 for h in r) == 1 for r in removed
+    )  # 1 per group
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (6, 2)
+    assert model.model.layers[0].self_attn.num_key_value_groups == 3
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "llama_mqa"])
 def test_a_pruned_causal_lm_generates_with_its_key_value_cache(name: str) -> None:
     model, x = build(name)
     pm.prune(model, RECIPE, example_input=x, report=False)
@@ -197,6 +230,7 @@ def test_a_pruned_causal_lm_generates_with_its_key_value_cache(name: str) -> Non
 
 @pytest.mark.parametrize(("name", "recipe"), [
     ("llama", RECIPE),  # its config gives head_dim: heads and MLP round-trip
+    ("llama_mqa", RECIPE),
     ("gpt2", "structured amount=0.5"),  # the others derive head_dim from the width: MLPs only
     ("bert", "structured amount=0.5"),
     ("vit", "structured amount=0.5"),
