@@ -24,6 +24,15 @@ from .snapshot import ConfigRecord
 
 #: The fields that give the width of every MLP's hidden layer, by family.
 MLP_FIELDS = ("intermediate_size", "n_inner", "d_ff", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim")
+#: Every field a structured step may set (GPT-2 spells num_attention_heads n_head, T5 num_heads).
+STRUCTURE_FIELDS = (
+    *MLP_FIELDS,
+    "num_attention_heads",
+    "n_head",
+    "num_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
 
 
 def config_of(model: nn.Module) -> Any:

@@ -33,6 +33,7 @@ from torch import nn
 
 from .compress import decode, dense_bytes, encode
 from .errors import PruneError
+from .model_config import STRUCTURE_FIELDS, config_of
 
 FORMAT = "prune_magic/1"
 _JSON = (int, float, bool, str, type(None))
@@ -170,14 +171,15 @@ def _reshape(module: nn.Module, key: str, shape: list[int]) -> None:
 
 
 def _config_fields(model: nn.Module) -> dict[str, int | None]:
-    """The whole-number fields of a Hugging Face ``model.config`` (and those unset, None)."""
-    config = getattr(model, "config", None)
-    if not callable(getattr(config, "to_dict", None)):
+    """The fields of a Hugging Face ``model.config`` that a structured step sets (head counts,
+    MLP widths), as the config has them (no others: ``model_factory()`` gives the rest)."""
+    config = config_of(model)
+    if config is None:
         return {}
     return {
         k: v
-        for k, v in config.to_dict().items()  # type: ignore[union-attr]
-        if v is None or (isinstance(v, int) and not isinstance(v, bool))
+        for k, v in config.to_dict().items()
+        if k in STRUCTURE_FIELDS and (v is None or isinstance(v, int))
     }
 
 
