@@ -330,3 +330,21 @@ def test_taylor_importance_reads_a_language_models_logits() -> None:
         model, "structured amount=0.5 importance=taylor", example_input=x, data=[(x, x)], report=False
     )
     assert model.config.intermediate_size == 64 and result.steps[0].removals
+
+
+def test_heads_from_some_blocks_leave_the_config_count_and_pm_load_rebuilds_them() -> None:
+    model, x = build("llama")
+    pm.prune(model, "structured amount=0 heads=0.5 layers=model.layers.0.*", example_input=x, report=False)
+    assert (
+        model.model.layers[0].self_attn.q_proj.out_features,
+        model.model.layers[1].self_attn.q_proj.out_features,
+    ) == (32, 64)
+    assert model.config.num_attention_heads == 4  # one count for every block: it keeps the old one
+    with torch.no_grad(), quiet():
+        assert model.generate(x, max_new_tokens=3, do_sample=False).shape == (2, 15)
+    buffer = io.BytesIO()
+    pm.save(model, buffer)
+    buffer.seek(0)
+    with quiet():
+        loaded = pm.load(buffer, llama).eval()
+    assert torch.equal(logits(loaded, x), logits(model, x))
