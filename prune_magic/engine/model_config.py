@@ -48,13 +48,13 @@ def fixed_by_config(
     kept: list[Kept],
     names: dict[nn.Module, str],
 ) -> tuple[list[Any], list[torch.Tensor]]:
-    """The dependency groups (and their scores) a config lets go: with a Hugging Face config,
-    only layers whose width it gives as the MLP width lose outputs (from_pretrained builds every
+    """The dependency groups (and their scores) a config lets go: with a Hugging Face config that
+    gives an MLP width, only layers of that width lose outputs (from_pretrained builds every
     other layer, a BERT pooler, at the width it says); the others are kept, and said so."""
     config = config_of(model)
-    if config is None:
+    widths = mlp_widths(config) if config is not None else {}
+    if not widths:  # (a config without MLP widths, a CNN's: it cannot describe any pruned layer)
         return found, scores
-    widths = mlp_widths(config)
     left = []
     for group, score in zip(found, scores, strict=True):
         if len(score) in widths:

@@ -348,3 +348,17 @@ def test_heads_from_some_blocks_leave_the_config_count_and_pm_load_rebuilds_them
     with quiet():
         loaded = pm.load(buffer, llama).eval()
     assert torch.equal(logits(loaded, x), logits(model, x))
+
+
+def test_a_config_without_mlp_widths_leaves_every_layer_free_to_shrink() -> None:
+    # a Hugging Face CNN: its config gives no MLP width, so the config rule keeps nothing whole
+    torch.manual_seed(0)
+    with quiet():
+        config = transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3
+        )
+        model = transformers.ResNetForImageClassification(config).eval()
+    x = torch.randn(1, 3, 32, 32)
+    result = pm.prune(model, "structured amount=0.5", example_input=x, report=False)
+    assert len([r for r in result.steps[0].removals if r.removed]) >= 4
+    assert logits(model, x).shape == (1, 3)
