@@ -149,6 +149,22 @@ def mlp_fields(config: Any, before: Mapping[str, int], after: Mapping[str, int])
     return fields
 
 
+def unsaid_widths(model: nn.Module, before: Mapping[str, int]) -> str:
+    """What to know when the MLPs now differ in width (``scope=global``): no config field says it."""
+    config = config_of(model)
+    if config is None:
+        return ""
+    after = layer_widths(model)
+    for width, field in mlp_widths(config).items():
+        now = {after[name] for name, w in before.items() if w == width and name in after}
+        if len(now) > 1:
+            return (
+                f"the MLPs now differ in width ({min(now)}-{max(now)}), which config.{field} cannot say:"
+                " from_pretrained will not load it, pm.save/pm.load will"
+            )
+    return ""
+
+
 def changed_fields(config: Any, fields: Mapping[str, int]) -> dict[str, object]:
     """The fields' current values (for the undo record), for those that change."""
     return {k: getattr(config, k, None) for k, v in fields.items() if getattr(config, k, None) != v}

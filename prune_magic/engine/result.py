@@ -219,6 +219,8 @@ def _step_line(s: StepResult) -> str:
     more = f" and {len(cut) - 6} more" if len(cut) > 6 else ""
     removed = sum(len(r.removed) for r in cut) / max(sum(r.width for r in cut), 1)
     line = f"{s.step}: removed {removed:.0%} of the channels of {len(cut)} layers ({widths}{more}) {took}"
+    for note in dict.fromkeys(r.note for r in cut if r.note):
+        line += f" ({note})"
     heads = [r for r in s.removals if not r.why_kept and r.unit == "heads"]
     if heads:
         counts = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in heads[:4])

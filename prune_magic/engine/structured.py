@@ -32,7 +32,7 @@ from .conv1d import has_conv1d, is_conv1d, is_layer, magnitude
 from .dependencies import Kept, attention_modules, channel_groups, groups, output_layers, outputs_of, trace
 from .errors import PruneError, shorten
 from .evaluate import eval_mode, first_batch
-from .model_config import config_of, fixed_by_config, heads_note, layer_widths, update_config
+from .model_config import config_of, fixed_by_config, heads_note, layer_widths, unsaid_widths, update_config
 from .recipe import Step
 from .selection import Target
 from .snapshot import ModuleRecord, Record, restore_all
@@ -123,7 +123,8 @@ def apply_structured(
                 if new is not None and old is not None and new is not old:
                     new.requires_grad_(old.requires_grad)
             record.park(module)
-    removed = [Removal(root, width, idxs) for root, _, idxs, width in plan.removals]
+    unsaid = unsaid_widths(model, widths)
+    removed = [Removal(root, width, idxs, note=unsaid) for root, _, idxs, width in plan.removals]
     for c in plan.heads:
         note = heads_note(config_of(model), c.attention)
         removed.append(Removal(c.attention.name, c.attention.heads, c.heads, unit="heads", note=note))

@@ -362,3 +362,14 @@ def test_a_config_without_mlp_widths_leaves_every_layer_free_to_shrink() -> None
     result = pm.prune(model, "structured amount=0.5", example_input=x, report=False)
     assert len([r for r in result.steps[0].removals if r.removed]) >= 4
     assert logits(model, x).shape == (1, 3)
+
+
+def test_mlps_ranked_globally_differ_in_width_and_the_result_says_the_config_cannot_tell() -> None:
+    model, x = build("gpt2")
+    with torch.no_grad():  # 3/4 of the second block's units near zero: a global ranking takes them
+        model.transformer.h[1].mlp.c_fc.weight[:, :192] *= 0.01
+        model.transformer.h[1].mlp.c_proj.weight[:192] *= 0.01
+    text = str(pm.prune(model, "structured amount=0.5 scope=global", example_input=x, report=False))
+    widths = {model.transformer.h[i].mlp.c_fc.nf for i in (0, 1)}
+    assert len(widths) == 2 and model.config.n_inner is None  # the config keeps what it said
+    assert "which config.n_inner cannot say: from_pretrained will not load it, pm.save/pm.load will" in text
