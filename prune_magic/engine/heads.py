@@ -5,7 +5,9 @@ inputs of the output projection; removing one keeps ``head_dim`` and shrinks the
 attention module's own counts (``num_heads``, ``all_head_size``, GPT-2's ``split_size``) follow.
 With grouped-query attention (Llama: ``num_key_value_heads < num_attention_heads``) a key-value
 head goes together with the query heads that read it, so every key-value head keeps the same
-number of queries (as Torch-Pruning's LLM example prunes them).
+number of queries; where the share rounds to no key-value head (multi-query attention has one),
+the same number of query heads goes from every key-value head's group instead (Torch-Pruning's
+LLM example prunes query heads within the groups).
 
 Three layouts, recognised by their parts rather than their class, so models built the same way
 (Mistral, Qwen2, RoBERTa, DeiT...) are covered too:
