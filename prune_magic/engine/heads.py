@@ -10,12 +10,13 @@ the same number of query heads goes from every key-value head's group instead (T
 LLM example prunes query heads within the groups).
 
 Three layouts, recognised by their parts rather than their class, so models built the same way
-(Mistral, Qwen2, RoBERTa, DeiT...) are covered too:
+(Mistral, Qwen2, RoBERTa...) are recognised too (the suite tests Llama, GPT-2, BERT and ViT):
 
-- ``qkvo``: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` Linears and a ``head_dim`` (Llama);
+- ``qkvo``: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` Linears and a ``head_dim`` (Llama,
+  and transformers 5's ViT);
 - ``fused``: one ``c_attn`` Conv1D making query, key and value side by side, ``c_proj`` (GPT-2);
 - ``split``: ``query``, ``key``, ``value`` Linears, the output projection in the parent's
-  ``output.dense`` (BERT, ViT).
+  ``output.dense`` (BERT).
 
 Heads are ranked by the magnitude of their weights (all four projections' slices), the same
 number go from every layer, so the model's config can still describe it.
