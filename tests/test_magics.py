@@ -389,3 +389,28 @@ def test_the_cell_magics_help_reads_as_text_and_starts_with_the_cell_form(ip) ->
         "structured  remove whole channels",
     ):
         assert line in text
+
+
+def test_a_structured_cell_on_a_language_model_reruns_and_undoes_its_heads_and_config(ip) -> None:
+    import warnings
+
+    transformers = pytest.importorskip("transformers")
+    from tests import zoo
+
+    zoo.torchvision()  # (transformers imports it: its compiled ops declared first)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # transformers' own notes are not ours
+        warnings.simplefilter("ignore")
+        config = transformers.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+        ip.user_ns["lm"] = lm = transformers.GPT2LMHeadModel(config).eval()
+        ip.user_ns["ids"] = torch.randint(0, 100, (1, 12))
+        original = state(lm)
+        cell = "%%prune lm --example-input ids\nstructured amount=0.5 heads={}\n"
+        run(ip, cell.format(0.5), "gpt2-cell")
+        run(ip, cell.format(0.5), "gpt2-cell")  # re-run: undone first, not compounded
+        assert (lm.config.n_head, lm.transformer.h[0].attn.split_size, len(pm.history(lm))) == (2, 32, 1)
+        run(ip, cell.format(0.25), "gpt2-cell")  # edited: from the model before its last run
+        assert (lm.config.n_head, lm.config.n_inner, len(pm.history(lm))) == (3, 128, 1)
+        run(ip, "%prune undo lm")
+    assert same_bits(lm, original)
+    assert (lm.config.n_head, lm.config.n_inner, lm.transformer.h[0].attn.split_size) == (4, None, 64)

@@ -35,11 +35,12 @@ SAMPLE = {
     "timm/regnety_002": "ok",
     "timm/mixer_s16_224": "ok",  # Torch-Pruning mis-maps its token-mixing groups: those are kept whole
     "timm/levit_128s": "refused",  # its attention reshapes channels Torch-Pruning cannot follow
-    # Hugging Face, from small configs
+    # Hugging Face, from small configs, losing attention heads too (heads=0.5)
     "hf/bert": "ok",
-    "hf/llama": "ok",
-    "hf/t5": "ok",
-    "hf/gpt2": "refused",  # its projections are transformers' Conv1D: a clear refusal for now
+    "hf/vit": "ok",
+    "hf/llama": "ok",  # grouped-query attention: key-value heads go with their query heads
+    "hf/t5": "ok",  # its MLPs; its attention keeps its heads (the result says so)
+    "hf/gpt2": "ok",  # transformers' Conv1D projections, heads removed from its fused c_attn
 }
 
 

@@ -22,6 +22,8 @@ from torch import nn
 import prune_magic as pm
 
 RECIPE = "structured amount=0.5"
+#: Transformers lose attention heads too (T5's stay whole: the step says so).
+HF_RECIPE = "structured amount=0.5 heads=0.5"
 Build = Callable[[], nn.Module]
 
 
@@ -35,6 +37,7 @@ class Zoo:
     shape: tuple[int, ...]  # of the example input
     tokens: int = 0  # > 0: the input is token ids below this vocabulary size
     decoder: bool = False  # an encoder-decoder: (input_ids, attention_mask, decoder_input_ids)
+    recipe: str = RECIPE
 
     def example_input(self) -> Any:
         torch.manual_seed(0)
@@ -149,7 +152,7 @@ def _hf(
 
         return make(transformers)
 
-    return Zoo(f"hf/{name}", "transformers", build, shape, vocab, decoder)
+    return Zoo(f"hf/{name}", "transformers", build, shape, vocab, decoder, HF_RECIPE)
 
 
 HF = [
@@ -296,11 +299,31 @@ class Outcome:
     bare: float = 0.0  # the same recipe again with report=False: the step alone
 
 
-def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
+def settings(model: nn.Module) -> dict[str, Any]:
+    """Every module's plain attributes (an attention block's head counts) and a Hugging Face
+    config's fields: what undo must give back besides the tensors."""
+    found: dict[str, Any] = {
+        name: {k: v for k, v in vars(m).items() if isinstance(v, int | float | str | tuple | type(None))}
+        for name, m in model.named_modules()
+    }
+    config = getattr(model, "config", None)
+    if callable(getattr(config, "to_dict", None)):
+        found["<config>"] = config.to_dict()  # type: ignore[union-attr]
+    return found
+
+
+def _settings_differ(model: nn.Module, before: dict[str, Any]) -> str:
+    now = settings(model)
+    return next((name for name in before.keys() | now.keys() if before.get(name) != now.get(name)), "")
+
+
+def check(zoo: Zoo, recipe: str | None = None) -> Outcome:
     """Everything a user expects of ``structured`` on this model, in the order they meet it."""
+    recipe = recipe or zoo.recipe
     model, x = zoo.model(), zoo.example_input()
     params = sum(p.numel() for p in model.parameters())
     start = snapshot(model)
+    attrs = settings(model)
     shapes = [t.shape for t in forward(model, x)]
 
     try:  # a dry run changes nothing
@@ -309,6 +332,8 @@ def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
         return _refusal(model, start, exc)
     if bad := same(model, start, identity=True):
         return Outcome("failed", f"dry run left {len(bad)} tensors changed, e.g. {bad[0]}")
+    if where := _settings_differ(model, attrs):
+        return Outcome("failed", f"dry run left the attributes of {where} changed")
 
     try:  # a failure after the step rolls everything back
         pm.prune(model, recipe, example_input=x, evaluate=Eval(fail_at=2), report=False)
@@ -318,6 +343,8 @@ def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
         return Outcome("failed", "an eval function that raised did not stop the call")
     if bad := same(model, start, identity=True):
         return Outcome("failed", f"rollback left {len(bad)} tensors changed, e.g. {bad[0]}")
+    if where := _settings_differ(model, attrs):
+        return Outcome("failed", f"rollback left the attributes of {where} changed")
 
     started = time.perf_counter()
     pm.prune(model, recipe, example_input=x)  # as a user calls it: with the report
@@ -325,7 +352,7 @@ def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
     after = sum(p.numel() for p in model.parameters())
     if after >= params:
         return Outcome("failed", "nothing was removed", seconds)
-    pruned = snapshot(model)
+    pruned, pruned_attrs = snapshot(model), settings(model)
     if (got := [t.shape for t in forward(model, x)]) != shapes:
         return Outcome("failed", f"output shapes changed: {shapes} -> {got}", seconds)
     sum(t.float().sum() for t in outputs(call(model, x))).backward()  # in eval mode: no statistics move
@@ -344,14 +371,20 @@ def check(zoo: Zoo, recipe: str = RECIPE) -> Outcome:
     pm.undo(model)
     if bad := same(model, start, identity=True):
         return Outcome("failed", f"undo left {len(bad)} tensors changed, e.g. {bad[0]}", seconds)
+    if where := _settings_differ(model, attrs):
+        return Outcome("failed", f"undo left the attributes of {where} changed", seconds)
     started = time.perf_counter()
     pm.prune(model, recipe, example_input=x, report=False)  # the same recipe again: the same model
     bare = time.perf_counter() - started
     if bad := same(model, pruned):
         return Outcome("failed", f"pruning again gave another model ({bad[0]} differs)", seconds)
+    if where := _settings_differ(model, pruned_attrs):
+        return Outcome("failed", f"pruning again gave {where} other attributes", seconds)
     pm.reset(model)
     if bad := same(model, start, identity=True):
         return Outcome("failed", f"reset left {len(bad)} tensors changed, e.g. {bad[0]}", seconds)
+    if where := _settings_differ(model, attrs):
+        return Outcome("failed", f"reset left the attributes of {where} changed", seconds)
     return Outcome("ok", seconds=seconds, params=(params, after), bare=bare)
 
 

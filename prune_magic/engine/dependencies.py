@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .conv1d import is_layer, pruners
 from .errors import PruneError
 from .evaluate import eval_mode
-from .selection import DEFAULT_TYPES
 
 #: Seconds the search for one group's coupled layers may take (the largest torchvision and
 #: timm models need well under one; a search that runs on is caught in a loop).
@@ -108,7 +108,11 @@ def trace(tp: Any, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, list[t
     try:
         with eval_mode(model), torch.enable_grad(), _Trace() as recorded:
             graph = _graph_with_sizes(tp, recorded).build_dependency(
-                model, example_inputs=list(args), forward_fn=forward, verbose=False
+                model,
+                example_inputs=list(args),
+                forward_fn=forward,
+                verbose=False,
+                customized_pruners=pruners(tp, model),  # (transformers' Conv1D)
             )
     except BaseException:  # Torch-Pruning leaves its tracing hooks on the modules when a pass fails
         for module, kept in hooks.items():
@@ -194,7 +198,7 @@ def output_layers(graph: Any) -> set[nn.Module]:
     """Layers whose outputs reach the model's output without passing another layer."""
     outputs = set()
     for module, node in graph.module2node.items():
-        if not isinstance(module, DEFAULT_TYPES):
+        if not is_layer(module):
             continue
         stack, seen = list(node.outputs), set()
         while stack:
@@ -202,7 +206,7 @@ def output_layers(graph: Any) -> set[nn.Module]:
             if id(nxt) in seen:
                 continue
             seen.add(id(nxt))
-            if isinstance(nxt.module, (*DEFAULT_TYPES, nn.MultiheadAttention, nn.RNNBase)):
+            if is_layer(nxt.module) or isinstance(nxt.module, nn.MultiheadAttention | nn.RNNBase):
                 break
             stack.extend(nxt.outputs)
         else:
@@ -229,9 +233,7 @@ def attention_modules(model: nn.Module) -> set[nn.Module | nn.Parameter]:
         elif any(isinstance(getattr(m, a, None), int) for a in _HEADS):
             # the projections are its own children (a block that counts heads too, like
             # torchvision's EncoderBlock, holds attention and an MLP: the MLP may shrink)
-            projections = [
-                c for c in m.children() if isinstance(c, DEFAULT_TYPES) or type(c).__name__ == "Conv1D"
-            ]
+            projections = [c for c in m.children() if is_layer(c)]
             found.update(sub for c in projections for sub in c.modules())
             found.update(p for p in m._parameters.values() if p is not None)
     return found
@@ -271,7 +273,7 @@ def groups(
     groups, kept, errors = [], [], []
     with _Watchdog() as watchdog:
         for module in list(graph.module2node):
-            pruner = graph.get_pruner_of_module(module) if isinstance(module, DEFAULT_TYPES) else None
+            pruner = graph.get_pruner_of_module(module) if is_layer(module) else None
             if (
                 pruner is None
                 or id(module) in skip

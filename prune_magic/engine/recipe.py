@@ -168,6 +168,11 @@ SCHEMAS: Mapping[str, StepSchema] = {
                 "choice", "how channels are ranked", ("l1", "l2", "random", "taylor", "bn", "lamp")
             ),
             "round_to": Option("count", "keep channel counts a multiple of this (e.g. 8)"),
+            "heads": Option(
+                "fraction",
+                "fraction of each transformer block's attention heads to remove, whole (Hugging Face"
+                " self-attention; 0 by default: amount= prunes the MLPs)",
+            ),
             **_SELECT,
         },
         one_of=("amount",),

@@ -214,11 +214,19 @@ def _step_line(s: StepResult) -> str:
         return f"{s.step}: {describe_curve(s)}; now {s.sparsity:.1%} sparse {took}"
     if not s.removals:
         return f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse {took}"
-    cut = [r for r in s.removals if not r.why_kept]
+    cut = [r for r in s.removals if not r.why_kept and r.unit == "channels"]
     widths = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in cut[:6])
     more = f" and {len(cut) - 6} more" if len(cut) > 6 else ""
     removed = sum(len(r.removed) for r in cut) / max(sum(r.width for r in cut), 1)
     line = f"{s.step}: removed {removed:.0%} of the channels of {len(cut)} layers ({widths}{more}) {took}"
+    for note in dict.fromkeys(r.note for r in cut if r.note):
+        line += f" ({note})"
+    heads = [r for r in s.removals if not r.why_kept and r.unit == "heads"]
+    if heads:
+        counts = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in heads[:4])
+        line += f"; attention heads: {counts}{f' and {len(heads) - 4} more' if len(heads) > 4 else ''}"
+        for note in dict.fromkeys(r.note for r in heads if r.note):
+            line += f" ({note})"
     whole = [r for r in s.removals if r.why_kept]
     for why in sorted({r.why_kept for r in whole}):
         layers = [r.layer for r in whole if r.why_kept == why]

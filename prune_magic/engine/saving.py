@@ -33,6 +33,7 @@ from torch import nn
 
 from .compress import decode, dense_bytes, encode
 from .errors import PruneError
+from .model_config import STRUCTURE_FIELDS, config_of
 
 FORMAT = "prune_magic/1"
 _JSON = (int, float, bool, str, type(None))
@@ -82,12 +83,15 @@ def save(model: nn.Module, path: str | IO[bytes], compress: bool = False) -> Sav
     plan = {}
     for name, module in model.named_modules():
         tensors = {**module._parameters, **module._buffers}
-        if not tensors:
-            continue
-        plan[name] = {
-            "attrs": {k: v for k, v in vars(module).items() if k != "training" and _jsonable(v)},
-            "shapes": {k: list(t.shape) for k, t in tensors.items() if t is not None},
-        }
+        attrs = {k: v for k, v in vars(module).items() if k != "training" and _jsonable(v)}
+        if tensors or attrs:  # (an attention block's head counts: a module with no tensors of its own)
+            plan[name] = {
+                "attrs": attrs,
+                "shapes": {k: list(t.shape) for k, t in tensors.items() if t is not None},
+            }
+    config = _config_fields(model)
+    if config:  # a Hugging Face config's counts and widths (heads, MLP width), which its code reads
+        plan.setdefault("", {"attrs": {}, "shapes": {}})["config"] = config
     state = model.state_dict()
     saved: dict[str, Any] = {"format": FORMAT}
     if compress:  # one byte tensor: the plan and the tensors' header (lzma-coded JSON), then the tensors
@@ -147,6 +151,8 @@ def load(
             setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
         for key, shape in spec["shapes"].items():
             _reshape(module, key, shape)
+        for key, value in spec.get("config", {}).items():
+            setattr(module.config, key, value)
     model.load_state_dict(state)
     return model
 
@@ -162,6 +168,19 @@ def _reshape(module: nn.Module, key: str, shape: list[int]) -> None:
     buffer = module._buffers.get(key)
     if buffer is not None and list(buffer.shape) != shape:
         module._buffers[key] = torch.empty(shape, dtype=buffer.dtype, device=buffer.device)
+
+
+def _config_fields(model: nn.Module) -> dict[str, int | None]:
+    """The fields of a Hugging Face ``model.config`` that a structured step sets (head counts,
+    MLP widths), as the config has them (no others: ``model_factory()`` gives the rest)."""
+    config = config_of(model)
+    if config is None:
+        return {}
+    return {
+        k: v
+        for k, v in config.to_dict().items()
+        if k in STRUCTURE_FIELDS and (v is None or isinstance(v, int))
+    }
 
 
 def _jsonable(value: object) -> bool:

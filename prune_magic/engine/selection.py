@@ -233,6 +233,11 @@ def stored(module: nn.Module, weight: str) -> tuple[str, nn.Parameter] | str:
     return f"no {weight} parameter"
 
 
+def _conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2's projections): a Linear with its weight transposed."""
+    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int)
+
+
 def _quantized(module: nn.Module) -> bool:
     """torch.ao's quantized layers: packed int8 weights, not parameters."""
     return type(module).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) and callable(
@@ -257,7 +262,7 @@ def _scan(model: nn.Module) -> _Scan:
             if isinstance(where, str):
                 scan.skipped[name if weight == "weight" else f"{name}.{weight}"] = (kind, where)
                 continue
-            default = isinstance(module, DEFAULT_TYPES) and weight == "weight"
+            default = (isinstance(module, DEFAULT_TYPES) or _conv1d(module)) and weight == "weight"
             scan.owners.setdefault(id(where[1]), []).append((name, kind, default))
     for name, param in model.named_parameters():
         owners = scan.owners.get(id(param))
@@ -294,7 +299,7 @@ def _match(model: nn.Module, pattern: str) -> dict[int, str]:
         for dname, inner in module.named_modules(prefix=mname):
             if named and dname == mname:
                 weights = weight_names(inner)  # the layer itself: every weight it has
-            elif isinstance(inner, DEFAULT_TYPES):
+            elif isinstance(inner, DEFAULT_TYPES) or _conv1d(inner):
                 weights = ["weight"]
             else:
                 continue

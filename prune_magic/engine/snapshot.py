@@ -203,8 +203,40 @@ class ChildRecord:
         setattr(model.get_submodule(parent), child, copy.deepcopy(self.module))
 
 
+@dataclass
+class ConfigRecord:
+    """Fields of a Hugging Face model's ``config`` (head counts, MLP widths) as they were
+    before a structured step changed them; ``name`` is the module that holds the config."""
+
+    name: str
+    fields: dict[str, object]
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    @property
+    def changed(self) -> int:
+        return 0
+
+    def restore(self, model: nn.Module, swap: bool = False) -> None:
+        """Put the fields back (keeping the ones it overwrites with ``swap``)."""
+        config = model.get_submodule(self.name).config
+        current = {key: getattr(config, key, None) for key in self.fields}
+        for key, value in self.fields.items():
+            setattr(config, key, value)
+        if swap:
+            self.fields = current
+
+    def restore_copy(self, model: nn.Module) -> None:
+        """Put the fields back on ``model``'s config: the record stays as it is."""
+        config = model.get_submodule(self.name).config
+        for key, value in self.fields.items():
+            setattr(config, key, value)
+
+
 _PLAIN = (int, float, bool, str, tuple, type(None))
-Record = TensorRecord | ModuleRecord | ChildRecord
+Record = TensorRecord | ModuleRecord | ChildRecord | ConfigRecord
 
 
 #: Every tensor of a model by name: the object, its shape and dtype (see :func:`signature`).
@@ -258,7 +290,7 @@ def redo_all(model: nn.Module, records: list[Record]) -> None:
 def _restore(model: nn.Module, record: Record, swap: bool) -> None:
     if isinstance(record, ModuleRecord):
         record.restore(model.get_submodule(record.name), swap)
-    elif isinstance(record, ChildRecord):
+    elif isinstance(record, ChildRecord | ConfigRecord):
         record.restore(model, swap)
     else:
         record.restore(tensors_by_name(model)[record.name], swap)

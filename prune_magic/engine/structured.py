@@ -27,13 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import heads as attention_heads
+from .conv1d import has_conv1d, is_conv1d, is_layer, magnitude
 from .dependencies import Kept, attention_modules, channel_groups, groups, output_layers, outputs_of, trace
 from .errors import PruneError, shorten
 from .evaluate import eval_mode, first_batch
+from .model_config import config_of, fixed_by_config, heads_note, layer_widths, unsaid_widths, update_config
 from .recipe import Step
 from .report import fits
-from .selection import DEFAULT_TYPES, Target
-from .snapshot import ModuleRecord, restore_all
+from .selection import Target
+from .snapshot import ModuleRecord, Record, restore_all
 
 #: Importances of a channel, by recipe name; "taylor" needs data for one backward pass.
 IMPORTANCES = ("l1", "l2", "random", "taylor", "bn", "lamp")
@@ -47,6 +50,8 @@ class Removal:
     width: int
     removed: tuple[int, ...]
     why_kept: str = ""  # a selected layer left whole: why (e.g. "channel shuffle")
+    unit: str = "channels"  # or "heads": an attention block's heads (``layer`` counts them)
+    note: str = ""  # what to know about the result (e.g. what from_pretrained cannot rebuild)
 
     @property
     def kept(self) -> int:
@@ -82,29 +87,50 @@ def apply_structured(
     # The undo record: every module that holds tensors, by reference (no copies). Torch-Pruning
     # replaces tensors it cuts, including bare Parameters a block owns (a ConvNeXt layer scale,
     # a ViT class token), so whatever it touches is in here; untouched modules are dropped after.
-    captured = [ModuleRecord.capture(n, m) for n, m in model.named_modules() if m._parameters or m._buffers]
+    # The attention blocks that lose heads change their counts, and a Hugging Face config its fields.
+    counting = {cut.attention.name for cut in plan.heads}
+    captured: list[Record] = [
+        ModuleRecord.capture(n, m)
+        for n, m in model.named_modules()
+        if m._parameters or m._buffers or n in counting
+    ]
     start = len(records) if records is not None else 0
     if records is not None:
         records.extend(captured)
     try:
+        widths = layer_widths(model)
         _remove(plan, model)
+        for cut in plan.heads:
+            attention_heads.remove(model, cut)
+        fields = update_config(model, plan.heads, plan.blocks, widths)
+        if fields is not None:
+            captured.append(fields)
+            if records is not None:
+                records.append(fields)
         check_forward(model, example_input, plan.shapes)
     except BaseException:
         if records is None:  # no caller to roll back: put the model back here
             restore_all(model, captured)
         raise
-    changed = [r for r in captured if r.differs_from(model.get_submodule(r.name))]
+    changed = [
+        r for r in captured if not isinstance(r, ModuleRecord) or r.differs_from(model.get_submodule(r.name))
+    ]
     if records is not None:
         records[start:] = changed
     for record in changed:  # Torch-Pruning makes new Parameters: keep requires_grad
-        module = model.get_submodule(record.name)
-        for key, old in record.tensors.items():
-            new = module._parameters.get(key)
-            if new is not None and old is not None and new is not old:
-                new.requires_grad_(old.requires_grad)
-        record.park(module)
-    cut = [Removal(root, width, idxs) for root, _, idxs, width in plan.removals]
-    return cut + [Removal(k.layer, k.width, (), k.why) for k in plan.kept]
+        if isinstance(record, ModuleRecord):
+            module = model.get_submodule(record.name)
+            for key, old in record.tensors.items():
+                new = module._parameters.get(key)
+                if new is not None and old is not None and new is not old:
+                    new.requires_grad_(old.requires_grad)
+            record.park(module)
+    unsaid = unsaid_widths(model, widths)
+    removed = [Removal(root, width, idxs, note=unsaid) for root, _, idxs, width in plan.removals]
+    for c in plan.heads:
+        note = heads_note(config_of(model), c.attention)
+        removed.append(Removal(c.attention.name, c.attention.heads, c.heads, unit="heads", note=note))
+    return removed + [Removal(k.layer, k.width, (), k.why) for k in plan.kept]
 
 
 def _remove(plan: _Plan, model: nn.Module) -> None:
@@ -126,6 +152,8 @@ class _Plan:
     shapes: list[tuple[int, ...]]  # of the model's outputs, seen while tracing
     removals: list[tuple[str, Any, tuple[int, ...], int]]  # (root layer, handler, channels, width)
     kept: list[Kept]  # selected layers left whole, and why
+    heads: list[attention_heads.HeadCut]  # the attention heads removed
+    blocks: int  # self-attention blocks whose heads could go (all of them: the config follows)
 
 
 def _plan(
@@ -138,14 +166,14 @@ def _plan(
     graph, shapes = trace(tp, model, args)
     attention = attention_modules(model)
     protected = output_layers(graph) | attention
-    ignored = [
-        m
-        for n, m in model.named_modules()
-        if isinstance(m, DEFAULT_TYPES) and (n not in roots or m in protected)
-    ]
+    ignored = [m for n, m in model.named_modules() if is_layer(m) and (n not in roots or m in protected)]
     found, kept, errors = groups(graph, ignored, attention, names)
+    blocks, cuts = attention_heads.choose(
+        model, step.number("heads", 0.0), step.word("importance", "l2"), roots, kept
+    )
+    scores: list[torch.Tensor] = []
     if found:  # a group Torch-Pruning mapped wrong shows when scored (indices past a layer's end)
-        scored = _scores(tp, step.word("importance", "l2"), found, model, data)
+        scored = _scores(tp, step.word("importance", "l2"), found, model, data, graph)
         for g, score in zip(found, scored, strict=True):
             if isinstance(score, Exception):
                 errors.append(score)
@@ -154,11 +182,12 @@ def _plan(
                 kept.append(Kept(names[root], len(g[0].idxs), why))
         found = [g for g, score in zip(found, scored, strict=True) if not isinstance(score, Exception)]
         scores = [score for score in scored if not isinstance(score, Exception)]
+    found, scores = fixed_by_config(model, found, scores, kept, names)
     order = {name: i for i, name in enumerate(names.values())}
     kept.sort(key=lambda r: order[r.layer])
-    if not found and errors:  # no group could be mapped: say why
+    if not found and not cuts and errors:  # no group could be mapped: say why
         raise PruneError(_unsupported(tp, model, errors[0]))
-    if not found:
+    if not found and not cuts:
         raise PruneError(
             "nothing to prune structurally: the selected layers are the model's output layer,"
             " attention, or coupled to them; select hidden layers with layers="
@@ -181,7 +210,7 @@ def _plan(
             removals.append(
                 (names[g[0].dep.target.module], g[0].dep.handler, tuple(sorted(idxs.tolist())), len(s) * n)
             )
-    return _Plan(graph, shapes, removals, kept)
+    return _Plan(graph, shapes, removals, kept, cuts, blocks)
 
 
 def _refuse_reparametrized(targets: Sequence[Target]) -> None:
@@ -213,6 +242,7 @@ def _unsupported(tp: Any, model: nn.Module, exc: Exception) -> str:
         if name
         and any(True for _ in m.parameters(recurse=False))
         and tp.ops.module2type(m) == tp.ops.OPTYPE.ELEMENTWISE
+        and not is_conv1d(m)
     ]
     said = f"Torch-Pruning raised {type(exc).__name__}: {_first_line(exc)}"
     more = f" and {len(strange) - 3} more" if len(strange) > 3 else ""
@@ -232,7 +262,7 @@ def _torch_pruning() -> Any:
 
 
 def _scores(
-    tp: Any, name: str, groups: list[Any], model: nn.Module, data: object
+    tp: Any, name: str, groups: list[Any], model: nn.Module, data: object, graph: Any
 ) -> list[torch.Tensor | Exception]:
     """Each group's channel importances, or the error Torch-Pruning raised scoring it."""
     imp = tp.importance
@@ -249,7 +279,9 @@ def _scores(
         if name == "taylor":
             _loss_gradients(model, data)
         with torch.no_grad():
-            scores = [_score(importance, g) for g in groups]
+            scores = [
+                _score(importance, g) if not has_conv1d(g) else _conv1d_score(name, graph, g) for g in groups
+            ]
     finally:
         for p, grad in saved.items():
             p.grad = grad
@@ -260,6 +292,17 @@ def _scores(
             + "; use importance=l2"
         )
     return [s.detach().float().cpu() if isinstance(s, torch.Tensor) else s for s in scores if s is not None]
+
+
+def _conv1d_score(name: str, graph: Any, group: Any) -> torch.Tensor:
+    """Torch-Pruning's importances skip layers it has no rule for: Conv1D groups are scored here."""
+    if name == "random":
+        return torch.rand(len(group[0].idxs))
+    if name not in ("l1", "l2"):
+        raise PruneError(
+            f"importance={name} cannot score transformers' Conv1D layers (GPT-2); use importance=l2"
+        )
+    return magnitude(graph, group, 1 if name == "l1" else 2)
 
 
 def _score(importance: Callable[[Any], torch.Tensor | None], group: Any) -> torch.Tensor | Exception | None:
@@ -278,8 +321,21 @@ def _loss_gradients(model: nn.Module, data: object) -> None:
     inputs, targets = first_batch(data, model)
     model.zero_grad(set_to_none=True)
     with eval_mode(model), torch.enable_grad():  # no BatchNorm statistics change
-        loss = nn.functional.cross_entropy(model(inputs), targets)
-        torch.autograd.backward(loss)
+        logits = _logits(model(inputs))
+        if logits.dim() == 3 and targets.dim() == 2:  # a language model: one class per token
+            logits, targets = logits.flatten(0, 1), targets.flatten()
+        torch.autograd.backward(nn.functional.cross_entropy(logits, targets))
+
+
+def _logits(out: object) -> torch.Tensor:
+    """The logits of a model's output: a tensor, a ModelOutput's ``logits``, or its first tensor."""
+    logits = out.get("logits") if isinstance(out, dict) else None
+    if isinstance(logits, torch.Tensor):
+        return logits
+    tensors = outputs_of(out)
+    if not tensors:
+        raise PruneError("importance=taylor needs a model that returns a tensor of logits; use importance=l2")
+    return tensors[0]
 
 
 def _counts(scores: list[torch.Tensor], amount: float, scope: str, round_to: int) -> list[int]:
