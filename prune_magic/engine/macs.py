@@ -44,14 +44,16 @@ class MacCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
 
 
 class MacTap:
-    """The MACs of every call of ``model`` made inside the block, counted as each runs.
+    """The MACs of every call of ``model`` on ``example_input`` made inside the block, counted
+    as each runs (calls on other inputs, a step's calibration batches, are not counted).
 
-    ``counts[i]`` is what :func:`count_macs` would give for the i-th call (the total and
+    ``counts[i]`` is what :func:`count_macs` would give for the i-th such call (the total and
     per module name). The modules' hooks and the counting mode live only inside the block.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, example_input: object) -> None:
         self.model = model
+        self.args = example_input if isinstance(example_input, tuple) else (example_input,)
         self.counts: list[tuple[int, dict[str, int]]] = []
         self.inside: list[str] = []
         self.counter: MacCounter | None = None
@@ -78,9 +80,9 @@ class MacTap:
             handle.remove()
         self.handles.clear()
 
-    def _start(self, module: nn.Module, args: object) -> None:
+    def _start(self, module: nn.Module, args: tuple[object, ...]) -> None:
         self.depth += 1
-        if self.depth == 1:
+        if self.depth == 1 and len(args) == len(self.args) and all(a is b for a, b in zip(args, self.args)):
             self.inside.clear()  # (a call that raised left its modules on the stack)
             self.counter = MacCounter(self.inside)
             self.counter.__enter__()  # type: ignore[no-untyped-call]

@@ -151,7 +151,11 @@ def _prune(
         metric_before = _known_start(rewound, evaluate) or _evaluate(evaluate, model)
         # one structured step runs the example input before it changes anything (its trace) and
         # after (its check): the MACs are counted on those passes rather than on two of our own
-        tap = MacTap(model) if report and example_input is not None and _one_structured(parsed) else None
+        tap = (
+            MacTap(model, example_input)
+            if report and example_input is not None and _one_structured(parsed)
+            else None
+        )
         before = _measure(model, None if tap is not None else example_input) if report else None
         # a quarter second each side: enough runs that noise shows as noise (the spread is kept)
         latency_before = timing(model, example_input, 0.25) if timed and example_input is not None else None

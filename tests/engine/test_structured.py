@@ -326,15 +326,18 @@ def test_a_reparametrized_layer_is_refused_by_name_with_the_fix(wrap: str) -> No
     assert model.fc2.out_features == 64
 
 
-def test_a_structured_steps_report_counts_macs_on_its_own_passes_as_a_count_would() -> None:
+@pytest.mark.parametrize("importance", ["l2", "taylor"])  # taylor runs calibration batches too
+def test_a_structured_steps_report_counts_macs_on_its_own_passes_as_a_count_would(importance) -> None:
     from prune_magic.engine.report import count_macs
 
     torch.manual_seed(0)
     model, x = ResNet().eval(), torch.randn(2, 1, 8, 8)
+    data = (torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
     dense = count_macs(model, x)
     twin = copy.deepcopy(model)
-    result = pm.prune(model, "structured amount=0.5", example_input=x)
-    pm.prune(twin, "structured amount=0.5", example_input=x, report=False)
+    recipe = f"structured amount=0.5 importance={importance}"
+    result = pm.prune(model, recipe, example_input=x, data=data)
+    pm.prune(twin, recipe, example_input=x, data=data, report=False)
     pruned = count_macs(twin, x)
     assert result.before.macs == dense[0] and result.after.macs == pruned[0] < dense[0]
     for report, (_, per_layer) in ((result.before, dense), (result.after, pruned)):
