@@ -71,12 +71,7 @@ def _sparsity_title(title: str, after: Report) -> str:
 
 def width_chart(after: Report, before: Report, title: str = "Width per layer") -> Figure:
     """Horizontal bars: each layer's outputs (channels or neurons) before (outline) and after (filled)."""
-    old = {
-        r.name: r
-        for r in before.rows
-        if r.name.endswith("weight") and r.shape and "Norm" not in r.module_type
-    }
-    rows = [r for r in after.rows if r.name in old]
+    old, rows = _width_rows(after, before)
     fig = Figure(figsize=(6.4, min(1.2 + 0.32 * len(rows), 12)), layout="constrained")
     ax = fig.subplots()
     positions = list(range(len(rows)))[::-1]
@@ -90,14 +85,31 @@ def width_chart(after: Report, before: Report, title: str = "Width per layer") -
     )
     ax.barh(positions, [r.shape[0] for r in rows], color=KEPT, label="after")
     for y, r in zip(positions, rows, strict=True):
-        ax.text(old[r.name].shape[0], y, f" {old[r.name].shape[0]}→{r.shape[0]}", va="center", fontsize=8)
+        ax.text(old[r.name].shape[0], y, _widths(old[r.name], r), va="center", fontsize=8)
     ax.set_yticks(positions, [layer_label(old[r.name]) for r in rows], fontsize=8)
     ax.set_xlim(0, 1.25 * max((old[r.name].shape[0] for r in rows), default=1))
     ax.set_xlabel("output channels / neurons")
-    ax.set_title(f"{title}: {after.params:,} of {before.params:,} parameters left", fontsize=10)
+    ax.set_title(_width_title(title, after, before), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     return fig
+
+
+def _width_rows(after: Report, before: Report) -> tuple[dict[str, Row], list[Row]]:
+    old = {
+        r.name: r
+        for r in before.rows
+        if r.name.endswith("weight") and r.shape and "Norm" not in r.module_type
+    }
+    return old, [r for r in after.rows if r.name in old]
+
+
+def _widths(old: Row, row: Row) -> str:
+    return f" {old.shape[0]}→{row.shape[0]}"
+
+
+def _width_title(title: str, after: Report, before: Report) -> str:
+    return f"{title}: {after.params:,} of {before.params:,} parameters left"
 
 
 def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
@@ -301,6 +313,21 @@ class Live:
             bar.set_width(100 * row.sparsity)
             label.set_text(_counts(row))
         ax.title.set_text(_sparsity_title("Sparsity per layer", after))
+        return self._png()
+
+    def widths(self, after: Report, before: Report) -> bytes:
+        """:func:`width_chart`; a move changes the filled bars, their labels and the title."""
+        old, rows = _width_rows(after, before)
+        key = ("widths", tuple((r.name, r.shape) for r in old.values()), tuple(r.name for r in rows))
+        if key != self.key:
+            fig = width_chart(after, before)
+            ax = fig.axes[0]
+            return self._draw(key, fig, [*ax.containers[1], *ax.texts, ax.title])
+        ax = self.figure.axes[0]  # type: ignore[union-attr]
+        for bar, label, row in zip(ax.containers[1], ax.texts, rows, strict=True):
+            bar.set_width(row.shape[0])
+            label.set_text(_widths(old[row.name], row))
+        ax.title.set_text(_width_title("Width per layer", after, before))
         return self._png()
 
     def histogram(self, hist: Histogram, layer: str, cut: float | None = None, note: str = "") -> bytes:

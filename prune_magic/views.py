@@ -92,12 +92,15 @@ class PruneView:
         if not self.charts or r.after is None:
             return None
         if self._png is None:
-            if self.structured and r.before is not None:
-                self._png = plots.png(plots.width_chart(r.after, r.before))
-            elif live is not None:
-                self._png = live.sparsity(r.after, r.before)
+            after, before = r.after, r.before
+            if self.structured and before is not None:
+                self._png = (
+                    live.widths(after, before) if live else plots.png(plots.width_chart(after, before))
+                )
             else:
-                self._png = plots.png(plots.sparsity_chart(r.after, r.before))
+                self._png = (
+                    live.sparsity(after, before) if live else plots.png(plots.sparsity_chart(after, before))
+                )
         return self._png
 
     def training_png(self) -> bytes | None:

@@ -140,3 +140,16 @@ def test_a_live_chart_redrawn_for_a_move_looks_like_one_drawn_anew(mlp) -> None:
     )
     # no cut (a step that does not clip): a new frame, without the cut's legend
     assert cut.histogram(start, "fc1") and not cut.moving and cut.figure.axes[0].get_legend() is None
+
+
+def test_a_live_width_chart_redrawn_for_a_move_looks_like_one_drawn_anew(cnn) -> None:
+    x = torch.randn(1, 1, 8, 8)
+    first = pm.prune(cnn, "structured amount=0.5", example_input=x, tag="cell")
+    live = plots.Live()
+    chart = live.widths(first.after, first.before)
+    frame = live.figure
+    pm.undo(cnn)
+    moved = pm.prune(cnn, "structured amount=0.25", example_input=x, tag="cell")  # a slider move
+    again = live.widths(moved.after, moved.before)
+    assert live.figure is frame and pixels(again) != pixels(chart)
+    assert pixels(again) == pixels(plots.Live().widths(moved.after, moved.before))

@@ -620,3 +620,24 @@ def test_a_later_cells_step_on_top_of_a_slider_move_leaves_the_cells_step_shown(
     shows_the_model(board, model)  # the cell's step is still applied: slider at 0.7, its recipe line
     assert "changed since by 1 later step(s) (clip amount=0.3 layers=fc1)" in board.line.value
     assert "is applied, under later steps" in board.line.value  # (not "reproduces this model")
+
+
+def test_a_cell_that_undoes_marks_the_explorer_out_of_date_through_the_hook(mlp) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from prune_magic.explorer import ExploreView
+
+    agreement = agreement_with(mlp)
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6), stop_below=-1)
+    view = ExploreView(sweep, "net", PruneCall(mlp, agreement, tag="explore:net"), charts=False)
+    view.apply_button.click()
+    assert view.wait(30) and "applied as" in view.status.value
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "prune_magic")
+    try:
+        shell.user_ns["net"] = mlp
+        shell.run_cell("%prune undo net")
+    finally:
+        shell.run_line_magic("unload_ext", "prune_magic")
+    assert "not measured since net changed" in view.measured.value and view.status.value == ""
+    assert "net changed since the sweep" in view.notice.value and view.refresh_button.layout.display is None
