@@ -187,6 +187,8 @@ class PruneDashboard:
         # (re-applying from the cell's start is what a slider does: no "re-run" note each move)
         try:
             self._show(replace(result, replaced=0))  # the numbers go out first, then the charts, ...
+        except Exception as exc:  # (the worker must go on: a cell waits for it)
+            self.status.value = _error(exc)
         finally:
             self._busy(False)  # ... then "updating…" goes and the buttons come back
 

@@ -571,6 +571,10 @@ def test_a_redraw_that_fails_shows_in_the_status_and_the_worker_goes_on(dashboar
     monkeypatch.setattr(board, "_redraw", lambda measure=False: 1 / 0)
     board.sync()
     assert board.wait(10) and "ZeroDivisionError" in board.status.value
+    monkeypatch.setattr(board.bars, "sparsity", lambda after, before: 1 / 0)  # a chart that fails on a move
+    board.sliders[0, "amount"].value = 0.6
+    assert board.wait(10) and "ZeroDivisionError" in board.status.value
+    assert not board.worker.busy  # (an exception on the worker's thread used to end it: wait() hung)
 
 
 def test_the_explorer_follows_a_change_made_elsewhere_and_refresh_measures_again(mlp) -> None:
