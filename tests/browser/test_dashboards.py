@@ -1,6 +1,6 @@
 """Every control of the quickstart dashboard and of ``%prune explore``, in JupyterLab in headless
-Chromium: after each action (a slider key press, Undo, Reset, Refresh, Apply, a change made from
-another cell) every field the page shows must agree with what the kernel says of the model,
+Chromium: after each action (a slider key press, Undo, Reset, Refresh, the histogram's layer,
+Apply, a change made from another cell) every field the page shows must agree with what the kernel says of the model,
 read from a check cell's output. Each state is saved as a screenshot under
 ``tests/browser/artifacts/`` (for a person to look at), and the time from a slider key press
 to new numbers and to a new chart is measured in the page and saved to ``latency.json``.
@@ -210,6 +210,10 @@ def test_every_control_of_both_dashboards_agrees_with_the_model(lab, chromium) -
     assert kernel["steps"] == [f"clip amount={0.8 + PRESSES / 100:g} scope=global"]
     expect(line).to_contain_text("the cell says clip amount=0.8 scope=global")
     expect(board.locator(".prune-magic-copy textarea")).to_have_value(kernel["steps"][0])
+    histogram = board.locator("img.prune-magic-histogram")
+    drawn = histogram.get_attribute("src")
+    board.locator(".prune-magic-layer select").select_option(label="fc2 · Linear 128×256")
+    expect(histogram).not_to_have_attribute("src", drawn)  # the other layer's |w|, with the cut
     shot("dashboard-2-moved", 2)
 
     undo.click()
