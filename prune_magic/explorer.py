@@ -5,6 +5,7 @@ that measures the metric, and Apply."""
 from __future__ import annotations
 
 import html
+import weakref
 from typing import Any
 
 from .engine.evaluate import format_metric, is_fraction
@@ -23,11 +24,19 @@ class ExploreView:
     measured by a dry run (the model does not change) on a thread of the view's own, as the
     dashboard's re-runs are (a move replaces a measurement still waiting); Apply writes the
     per-layer recipe into the model as one undoable call.
+
+    Like the dashboard, it follows changes made elsewhere (another cell, ``pm.undo`` from
+    Python; noticed after each cell through :func:`sync_explorers`): the measured line says it
+    is out of date, Refresh measures again, and a note says when the sweep describes the
+    model as it was, not as it is.
     """
 
     def __init__(self, sweep: Sensitivity, name: str, rerun: PruneCall, charts: bool = True) -> None:
         import ipywidgets as w
 
+        # where the model stood (its history's entries, tensors changed outside): for the sweep, ...
+        self.swept = self.seen = _where(rerun.model)  # ... for the measurement shown, ...
+        self.applied: Where | None = None  # ... and after this view's Apply
         self.sweep, self.name, self.rerun, self.charts = sweep, name, rerun, charts
         self.worker = Worker()  # dry runs off the kernel's thread: a slider move returns at once
         self.pinned: dict[str, float] = {}
@@ -61,7 +70,13 @@ class ExploreView:
         self.measured = w.HTML()
         self.recipe_text = w.HTML()
         self.apply_button = w.Button(description="Apply", icon="check")
+        self.refresh_button = w.Button(
+            description="Refresh", icon="sync", layout=w.Layout(display="none"),
+            tooltip="measure the recipe on the model as it is now",
+        )  # fmt: skip
+        self.refresh_button.on_click(lambda _: self._update())
         self.status = w.HTML()
+        self.notice = w.HTML()  # the sweep is of the model as it was: says so while it differs
         self.overall.observe(lambda _: self._spread(), "value")
         for layer, slider in self.layers.items():
             slider.observe(self._pin(layer), "value")
@@ -76,9 +91,16 @@ class ExploreView:
         self.table = w.HTML(sweep._repr_html_())
         self.box = w.VBox(
             [self.overall, *self.layers.values(), self.estimate, self.measured, self.recipe_text,
-             w.HBox([self.apply_button, self.status]), self.chart, self.table]
+             w.HBox([self.apply_button, self.refresh_button, self.status]), self.notice, self.chart, self.table]
         )  # fmt: skip
+        for widget, kind in ((self.estimate, "estimate"), (self.measured, "measured"), (self.notice, "notice"),
+                             (self.recipe_text, "recipe"), (self.status, "status")):  # fmt: skip
+            widget.add_class(f"prune-magic-explore-{kind}")
         self._spread(now=True)  # (the first measurement in the cell, on the kernel's thread)
+        for older in list(_EXPLORERS):  # a re-run cell's earlier explorer is gone from the page
+            if older.rerun.tag == rerun.tag and older.rerun.model is rerun.model:
+                _EXPLORERS.discard(older)
+        _EXPLORERS.add(self)
 
     def amounts(self) -> dict[str, float]:
         return {layer: round(slider.value, 4) for layer, slider in self.layers.items()}
@@ -121,6 +143,8 @@ class ExploreView:
         )
         recipe = self.recipe()
         self.recipe_text.value = f"<pre>{html.escape(recipe or '(nothing pruned)')}</pre>"
+        self.apply_button.disabled = not recipe
+        self.apply_button.tooltip = "" if recipe else "nothing to apply: every layer's amount is 0"
         if not recipe:
             self.measured.value = ""
             return
@@ -132,6 +156,9 @@ class ExploreView:
 
     def _measure(self, recipe: str) -> None:
         try:
+            self.seen = _where(self.rerun.model)  # (a dry run leaves it as it is)
+            self.refresh_button.layout.display = "none"
+            self._note()
             result = self.rerun.dry_run(recipe)
         except Exception as exc:
             self.measured.value = f"<span style='color:#b00'>{html.escape(one_line(exc))}</span>"
@@ -139,6 +166,9 @@ class ExploreView:
         finally:
             if not self.worker.waiting:
                 self.status.value = ""
+        self._show_measured(result)
+
+    def _show_measured(self, result: Any) -> None:
         metric = first_metric(result)
         name = self.sweep.metric_name
         facts = [f"measured {name}: {format_metric(name, metric)}" if metric is not None else ""]
@@ -174,12 +204,53 @@ class ExploreView:
             f" {format_bytes(after.sparse_bytes)} as {SPARSE_FORMAT}"
         )
 
+    @property
+    def stale(self) -> bool:
+        """Whether the model or its history changed since the view measured it."""
+        return not _same(_where(self.rerun.model), self.seen)
+
+    def sync(self) -> None:
+        """After a cell (on the kernel's thread): if the model changed, say that the measurement is
+        out of date and show Refresh. It does not measure here: a cell's hook must return quickly."""
+        if not self.stale:  # (a dry run elsewhere changes the history's version, not its steps)
+            return
+        self.seen = _where(self.rerun.model)
+        if not _same(self.seen, self.applied):
+            self.status.value = ""  # "applied as N step(s)" no longer describes the model
+        self._note()
+        if self.recipe():
+            self.measured.value = html.escape(
+                f"not measured since {self.name} changed: Refresh measures this recipe on it as it is now"
+            )
+            self.refresh_button.layout.display = None
+
+    def _note(self) -> None:
+        """Whether the sweep (and so the estimate) still describes the model."""
+        now = _where(self.rerun.model)
+        if _same(now, self.swept) or _same(now, self.applied):
+            self.notice.value = ""
+            return
+        steps, outside = [str(e.step) for e in now[0]], now[1]
+        what = f"{len(steps)} prune_magic step(s) in its history now" + (
+            f", last: {steps[-1]}" if steps else ""
+        )
+        if outside:
+            what += f"; {', '.join(outside[:3])} changed outside prune_magic"
+        self.notice.value = (
+            f"<b>{html.escape(self.name)} changed since the sweep</b> ({html.escape(what)}): the estimate is"
+            f" of the model the sweep measured; run <code>%prune explore {html.escape(self.name)}</code>"
+            " again to sweep it as it is."
+        )
+
     def _apply(self, recipe: str) -> None:
         try:
             result = self.rerun(recipe)
         except Exception as exc:
             self.status.value = f"<span style='color:#b00'>{html.escape(one_line(exc))}</span>"
             return
+        self.seen = self.applied = _where(self.rerun.model)
+        self._show_measured(result)  # (the model now holds what a measurement would have dry-run)
+        self.refresh_button.layout.display = "none"
         steps = len(result.steps)
         self.status.value = html.escape(
             f"applied as {steps} step(s); %prune undo {self.name} {steps} takes it back"
@@ -187,3 +258,28 @@ class ExploreView:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return with_widget(SweepView(self.sweep, self.name, charts=self.charts)._repr_mimebundle_(), self.box)
+
+
+Where = tuple[list[Any], list[str]]  # a model's history entries, and its tensors changed outside
+
+
+def _where(model: Any) -> Where:
+    from .engine.history import changed_outside, history
+
+    return list(history(model).entries), sorted(changed_outside(model))
+
+
+def _same(where: Where, other: Where | None) -> bool:
+    """The same history (the same entry objects: a step undone and done again is a new entry)."""
+    if other is None or where[1] != other[1] or len(where[0]) != len(other[0]):
+        return False
+    return all(a is b for a, b in zip(where[0], other[0], strict=True))
+
+
+_EXPLORERS: weakref.WeakSet[ExploreView] = weakref.WeakSet()
+
+
+def sync_explorers() -> None:
+    """Mark every explorer whose model changed since it measured (called after every cell)."""
+    for view in list(_EXPLORERS):
+        view.sync()

@@ -92,6 +92,9 @@ class PruneMagics(Magics):
         widgets = sys.modules.get("prune_magic.widgets")
         if widgets is not None:  # the cell may have changed a model a dashboard shows (%prune undo, ...)
             widgets.sync_dashboards()
+        explorer = sys.modules.get("prune_magic.explorer")
+        if explorer is not None:  # ... or a model an explorer measured
+            explorer.sync_explorers()
 
     @options()
     @option(

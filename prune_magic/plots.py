@@ -9,9 +9,13 @@ from __future__ import annotations
 import io
 import math
 from itertools import pairwise
+from typing import Any
 
 from matplotlib import colormaps
+from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from .engine import PruneResult, Report
 from .engine.report import Histogram, Row
@@ -45,26 +49,29 @@ def sparsity_chart(after: Report, before: Report | None = None, title: str = "Sp
             label="before",
         )
     for y, r in zip(positions, rows, strict=True):
-        ax.text(101, y, f"{r.nonzero:,}/{r.params:,}", va="center", fontsize=8)
+        ax.text(101, y, _counts(r), va="center", fontsize=8)
     ax.set_yticks(list(positions), names, fontsize=8)
     ax.set_xlim(0, 125)
     ax.set_xticks([0, 25, 50, 75, 100])
     ax.set_xlabel("weights that are zero (%)   ·   labels: nonzero/total")
-    ax.set_title(f"{title}: {after.sparsity:.1%} of all parameters zero", fontsize=10)
+    ax.set_title(_sparsity_title(title, after), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     if old and any(old.values()):
         fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
 
+def _counts(row: Row) -> str:
+    return f"{row.nonzero:,}/{row.params:,}"
+
+
+def _sparsity_title(title: str, after: Report) -> str:
+    return f"{title}: {after.sparsity:.1%} of all parameters zero"
+
+
 def width_chart(after: Report, before: Report, title: str = "Width per layer") -> Figure:
     """Horizontal bars: each layer's outputs (channels or neurons) before (outline) and after (filled)."""
-    old = {
-        r.name: r
-        for r in before.rows
-        if r.name.endswith("weight") and r.shape and "Norm" not in r.module_type
-    }
-    rows = [r for r in after.rows if r.name in old]
+    old, rows = _width_rows(after, before)
     fig = Figure(figsize=(6.4, min(1.2 + 0.32 * len(rows), 12)), layout="constrained")
     ax = fig.subplots()
     positions = list(range(len(rows)))[::-1]
@@ -78,14 +85,31 @@ def width_chart(after: Report, before: Report, title: str = "Width per layer") -
     )
     ax.barh(positions, [r.shape[0] for r in rows], color=KEPT, label="after")
     for y, r in zip(positions, rows, strict=True):
-        ax.text(old[r.name].shape[0], y, f" {old[r.name].shape[0]}→{r.shape[0]}", va="center", fontsize=8)
+        ax.text(old[r.name].shape[0], y, _widths(old[r.name], r), va="center", fontsize=8)
     ax.set_yticks(positions, [layer_label(old[r.name]) for r in rows], fontsize=8)
     ax.set_xlim(0, 1.25 * max((old[r.name].shape[0] for r in rows), default=1))
     ax.set_xlabel("output channels / neurons")
-    ax.set_title(f"{title}: {after.params:,} of {before.params:,} parameters left", fontsize=10)
+    ax.set_title(_width_title(title, after, before), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     return fig
+
+
+def _width_rows(after: Report, before: Report) -> tuple[dict[str, Row], list[Row]]:
+    old = {
+        r.name: r
+        for r in before.rows
+        if r.name.endswith("weight") and r.shape and "Norm" not in r.module_type
+    }
+    return old, [r for r in after.rows if r.name in old]
+
+
+def _widths(old: Row, row: Row) -> str:
+    return f" {old.shape[0]}→{row.shape[0]}"
+
+
+def _width_title(title: str, after: Report, before: Report) -> str:
+    return f"{title}: {after.params:,} of {before.params:,} parameters left"
 
 
 def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
@@ -225,8 +249,12 @@ def magnitude_histogram(hist: Histogram, layer: str, cut: float | None = None, n
         ax.set_xticks(list(decades), [f"{10.0**d:g}" for d in decades])
         ax.set_xlim(logs[0], logs[-1])
         if cut is not None and cut > 0:
-            ax.axvline(math.log10(cut), color=REMOVED, linewidth=1.5, label="cut: smaller |w| are zeroed")
-            ax.axvspan(logs[0], math.log10(cut), color=REMOVED, alpha=0.15)
+            ax.axvline(
+                math.log10(cut), color=REMOVED, linewidth=1.5, label="cut: smaller |w| are zeroed", gid="cut"
+            )
+            # the zeroed side, a patch of its own (axvspan's type changed in matplotlib 3.9): Live moves it
+            span = Rectangle((logs[0], 0), math.log10(cut) - logs[0], 1, transform=ax.get_xaxis_transform())
+            ax.add_patch(span).set(color=REMOVED, alpha=0.15, gid="zeroed", label="_nolegend_")
             ax.legend(fontsize=7, loc="upper left")
     if note:
         ax.text(
@@ -254,3 +282,89 @@ def png(fig: Figure) -> bytes:
 def css_width(image: bytes) -> int:
     """The width (CSS pixels) to show a :func:`png` at: its natural size, the width from its header."""
     return int.from_bytes(image[16:20], "big") // SCALE
+
+
+class Live:
+    """A dashboard chart that changes with every slider move but keeps its frame (axes, ticks,
+    labels, layout): drawn in full once, then only the artists that move are drawn again, over
+    the saved background (matplotlib's blitting). A move costs ~10 ms of drawing and encoding
+    instead of ~60 ms for a new figure. Anything else that changes draws a new figure.
+    """
+
+    def __init__(self) -> None:
+        self.key: object = None  # what the frame was drawn for
+        self.figure: Figure | None = None
+        self.moving: list[Artist] = []
+        self._kept: object = None  # the histogram drawn (its id() is in the key: kept alive)
+        self._canvas: Any = None  # a FigureCanvasAgg (its blitting methods are untyped)
+        self._background: Any = None
+
+    def sparsity(self, after: Report, before: Report | None) -> bytes:
+        """:func:`sparsity_chart`; a move changes the bars, their labels and the title."""
+        rows = [r for r in after.rows if r.name.endswith("weight")] or list(after.rows)
+        old = tuple((r.name, r.sparsity) for r in before.rows) if before is not None else None
+        key = ("sparsity", tuple((r.name, r.shape, r.params) for r in rows), old)
+        if key != self.key:
+            fig = sparsity_chart(after, before)
+            ax = fig.axes[0]
+            return self._draw(key, fig, [*ax.containers[0], *ax.texts, ax.title])
+        ax = self.figure.axes[0]  # type: ignore[union-attr]
+        for bar, label, row in zip(ax.containers[0], ax.texts, rows, strict=True):
+            bar.set_width(100 * row.sparsity)
+            label.set_text(_counts(row))
+        ax.title.set_text(_sparsity_title("Sparsity per layer", after))
+        return self._png()
+
+    def widths(self, after: Report, before: Report) -> bytes:
+        """:func:`width_chart`; a move changes the filled bars, their labels and the title."""
+        old, rows = _width_rows(after, before)
+        key = ("widths", tuple((r.name, r.shape) for r in old.values()), tuple(r.name for r in rows))
+        if key != self.key:
+            fig = width_chart(after, before)
+            ax = fig.axes[0]
+            return self._draw(key, fig, [*ax.containers[1], *ax.texts, ax.title])
+        ax = self.figure.axes[0]  # type: ignore[union-attr]
+        for bar, label, row in zip(ax.containers[1], ax.texts, rows, strict=True):
+            bar.set_width(row.shape[0])
+            label.set_text(_widths(old[row.name], row))
+        ax.title.set_text(_width_title("Width per layer", after, before))
+        return self._png()
+
+    def histogram(self, hist: Histogram, layer: str, cut: float | None = None, note: str = "") -> bytes:
+        """:func:`magnitude_histogram`; a move shifts the cut."""
+        cuts = bool(hist.counts) and cut is not None and cut > 0
+        key = ("histogram", id(hist), layer, note, cuts)
+        if key != self.key:
+            fig = magnitude_histogram(hist, layer, cut, note)
+            moving = [a for a in fig.axes[0].get_children() if a.get_gid() in ("cut", "zeroed")]
+            return self._draw(key, fig, moving, keep=hist)
+        if cuts:
+            x = math.log10(cut)  # type: ignore[arg-type]
+            line, span = self.moving
+            line.set_xdata([x, x])  # type: ignore[attr-defined]
+            span.set_width(x - span.get_x())  # type: ignore[attr-defined]
+        return self._png()
+
+    def _draw(self, key: object, fig: Figure, moving: list[Artist], keep: object = None) -> bytes:
+        self.key, self.figure, self.moving, self._kept = key, fig, moving, keep
+        for artist in moving:
+            artist.set_animated(True)  # left out of the full draw; drawn over the background
+        fig.set_dpi(96 * SCALE)
+        self._canvas = FigureCanvasAgg(fig)
+        self._canvas.draw()  # (runs the layout engine once, with every artist in place) ...
+        fig.set_layout_engine("none")  # ... and keeps that layout from now on
+        self._background = self._canvas.copy_from_bbox(fig.bbox)
+        return self._png()
+
+    def _png(self) -> bytes:
+        from PIL import Image
+
+        canvas, figure = self._canvas, self.figure
+        assert canvas is not None and figure is not None
+        canvas.restore_region(self._background)
+        for artist in self.moving:
+            figure.draw_artist(artist)
+        image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+        buffer = io.BytesIO()
+        image.save(buffer, format="png", compress_level=1)  # (level 6, savefig's: 5 ms more, 1% smaller)
+        return buffer.getvalue()

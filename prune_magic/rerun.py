@@ -24,7 +24,10 @@ class PruneCall:
     loss: Any = None
     progress: Any = None  # called while a step trains (the dashboard's status line)
 
-    def __call__(self, recipe: str | Recipe, dry_run: bool = False) -> PruneResult:
+    def __call__(
+        self, recipe: str | Recipe, dry_run: bool = False, latency: bool | None = None
+    ) -> PruneResult:
+        """``latency``: time forward passes (default: when the recipe removes channels, as the cell does)."""
         from . import engine
 
         parsed = engine.parse_recipe(recipe)  # (once: the engine takes the Recipe as it is)
@@ -39,7 +42,7 @@ class PruneCall:
             train=self.train,
             loss=self.loss,
             progress=self.progress,
-            latency=parsed.removes_channels,
+            latency=parsed.removes_channels if latency is None else latency,
         )
 
     def measure(self) -> Any:

@@ -30,11 +30,15 @@ class PruneView:
     charts: bool = True
     _png: bytes | None = field(default=None, repr=False)
     unmeasured: str = ""  # why the metric after is missing (a live view of a changed model), if it is
+    untimed: bool = False  # a live view, whose slider moves skip the timing a structured cell does
 
     def summary(self) -> list[tuple[str, str]]:
         """(label, value) pairs: the facts at the top of the cell's output."""
         r = self.result
-        facts = [("model", self.name), ("recipe", "; ".join(str(s.step) for s in r.steps))]
+        facts = [
+            ("model", self.name),
+            ("recipe", "; ".join(str(s.step) for s in r.steps) or "(no step applied)"),
+        ]
         if r.before is not None and r.after is not None:
             b, a = r.before, r.after
             facts.append(("params", _change(b.params, a.params)))
@@ -59,6 +63,10 @@ class PruneView:
                 )
             if latency is not None:
                 facts.append(("latency", r.latency_line() or ""))
+            elif self.untimed and r.structured:
+                facts.append(
+                    ("latency", "not timed since the cell ran (timing takes ~0.5 s): re-run the cell")
+                )
             if r.structured:
                 facts.append(("why", WHY_STRUCTURED))
         facts += [(m.name, format_change(m.name, m.before, m.after)) for m in r.metrics()]
@@ -78,16 +86,21 @@ class PruneView:
         """Whether a step removed channels (then widths, not zeros, are the story)."""
         return self.result.structured
 
-    def png(self) -> bytes | None:
+    def png(self, live: plots.Live | None = None) -> bytes | None:
+        """The per-layer chart (``live``: a dashboard's, redrawn where only the bars moved)."""
         r = self.result
         if not self.charts or r.after is None:
             return None
         if self._png is None:
-            if self.structured and r.before is not None:
-                figure = plots.width_chart(r.after, r.before)
+            after, before = r.after, r.before
+            if self.structured and before is not None:
+                self._png = (
+                    live.widths(after, before) if live else plots.png(plots.width_chart(after, before))
+                )
             else:
-                figure = plots.sparsity_chart(r.after, r.before)
-            self._png = plots.png(figure)
+                self._png = (
+                    live.sparsity(after, before) if live else plots.png(plots.sparsity_chart(after, before))
+                )
         return self._png
 
     def training_png(self) -> bytes | None:
@@ -106,7 +119,7 @@ class PruneView:
     def summary_html(self) -> str:
         """The summary as an HTML table."""
         rows = "".join(
-            f"<tr><th style='text-align:right'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+            f"<tr><th style='text-align:right;white-space:nowrap'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
             for k, v in self.summary()
         )
         return f"<table class='prune-magic-summary'>{rows}</table>"

@@ -79,7 +79,7 @@ class PruneDashboard:
                 slider = w.FloatSlider(
                     value=step.number(option), min=bounds[0], max=bounds[1], step=bounds[2],
                     description=f"{step.kind} {option}" if len(self.recipe.steps) == 1 else f"{i + 1}: {option}",
-                    continuous_update=False, readout_format=".3g", style={"description_width": "initial"},
+                    continuous_update=False, readout_format=".3g" if option == "threshold" else ".2f", style={"description_width": "initial"},
                 )  # fmt: skip
                 slider.add_class("prune-magic-slider")
                 slider.observe(self._moved(i, option), "value")
@@ -94,10 +94,13 @@ class PruneDashboard:
         )
         self.layer.add_class("prune-magic-layer")
         self.histogram = w.Image(format="png")
+        self.bars, self.cut = plots.Live(), plots.Live()  # the two charts a move redraws
         self.histogram.add_class("prune-magic-histogram")
         self.layer.observe(lambda _: self.worker.submit("draw", self._draw_histogram), "value")
         self.undo_button = w.Button(description="Undo", icon="undo")
-        self.reset_button = w.Button(description="Reset", icon="refresh")
+        self.reset_button = w.Button(
+            description="Reset", icon="fast-backward"
+        )  # (Refresh has the circling arrows)
         self.refresh_button = w.Button(
             description="Refresh", icon="sync", layout=w.Layout(display="none"),
             tooltip="measure the model as it is now and redraw",
@@ -121,7 +124,7 @@ class PruneDashboard:
         self.box = w.VBox(
             [*self.sliders.values(), self.line, self.copy,
              w.HBox([self.undo_button, self.reset_button, self.refresh_button, self.status]),
-             w.HBox([self.summary, self.curve]), self.image, self.training, self.layer, self.histogram]
+             w.HBox([self.summary, self.curve], layout=w.Layout(align_items="flex-start")), self.image, self.training, self.layer, self.histogram]
         )  # fmt: skip
         self._show(result)
         for older in list(_DASHBOARDS):  # a re-run cell's earlier dashboard is gone from the page
@@ -170,20 +173,24 @@ class PruneDashboard:
             steps[index] = steps[index].replace(**{option: value})
         self._busy(True)
         try:
-            result = self.rerun(Recipe(tuple(steps)))
+            result = self.rerun(Recipe(tuple(steps)), latency=False)  # (a move: ~0.5 s faster, "not timed")
         except Exception as exc:  # the engine rolled back: the model is at the last good state
             self.status.value = _error(exc)
             if self.stale:
                 self._redraw()
-            return
-        finally:
             self._busy(False)
+            return
         self.recipe = result.recipe
         metric = first_metric(result)
         if metric is not None:
             self.tried.append((values[moved], metric))
         # (re-applying from the cell's start is what a slider does: no "re-run" note each move)
-        self._show(replace(result, replaced=0))
+        try:
+            self._show(replace(result, replaced=0))  # the numbers go out first, then the charts, ...
+        except Exception as exc:  # (the worker must go on: a cell waits for it)
+            self.status.value = _error(exc)
+        finally:
+            self._busy(False)  # ... then "updating…" goes and the buttons come back
 
     def _history(self, verb: str) -> None:
         from . import engine
@@ -206,6 +213,7 @@ class PruneDashboard:
             self._redraw(measure=measure)
         except Exception as exc:  # (the worker must go on: a cell waits for it)
             self.status.value = _error(exc)
+        self._busy(False)  # ("updating…" goes, unless more is queued; the buttons as the model allows)
 
     def _progress(self, progress: Any) -> None:
         """Training during a re-run: say how far it got (at most 4 times a second)."""
@@ -250,16 +258,17 @@ class PruneDashboard:
         if state is None:
             self.result, self.applied = result, result.recipe
             entries = history(self.rerun.model).entries
-            ours = _trailing(entries, self.rerun.tag)
-            self._run = [id(e) for e in entries[len(entries) - ours :]]
-            self._base = [id(e) for e in entries[: len(entries) - ours]]
+            self._run = [id(e) for e in entries if e.tag == self.rerun.tag]
+            self._base = [id(e) for e in entries if e.tag != self.rerun.tag]
             self._line(result.recipe, ())
             self.refresh_button.layout.display = "none"
-        self.view = PruneView(result, self.name, self.charts)
+        self.view = PruneView(result, self.name, self.charts, untimed=self.rerun.example_input is not None)
         self.summary.value = self.view.summary_html()
-        image = self.view.png()
+        image = self.view.png(self.bars)
         if image is not None:
             show_image(self.image, image)
+        if self.worker.waiting and state is None:
+            return  # a newer move is queued: it draws the histogram and the curve (the moves' latest)
         self._draw_histogram()
         training = self.view.training_png()
         if training is not None:
@@ -274,10 +283,11 @@ class PruneDashboard:
             self.curve.layout.display = None
         self._enable()
 
-    def _line(self, applied: Recipe, notes: tuple[str, ...]) -> None:
+    def _line(self, applied: Recipe, notes: tuple[str, ...], later: bool = False) -> None:
         """The recipe line: what reproduces the model, and how it differs from the cell's source."""
         if applied.steps:
-            text = f"<code>{html.escape(str(applied))}</code> reproduces this model"
+            what = "is applied, under later steps (below)" if later else "reproduces this model"
+            text = f"<code>{html.escape(str(applied))}</code> {what}"
         else:
             text = "this cell's recipe is not applied now (move a slider to apply it)"
         differs = bool(applied.steps) and str(applied) != str(self.source)
@@ -302,10 +312,10 @@ class PruneDashboard:
 
         model = self.rerun.model
         entries = history(model).entries
-        ours = _trailing(entries, self.rerun.tag)
-        mine = entries[len(entries) - ours :]
-        rest = [id(e) for e in entries[: len(entries) - ours]]
-        later = [e for e in entries[: len(entries) - ours] if id(e) not in self._base]
+        # this cell's steps, wherever they are (a later cell's steps may sit on top of them)
+        mine = [e for e in entries if e.tag == self.rerun.tag]
+        rest = [id(e) for e in entries if e.tag != self.rerun.tag]
+        later = [e for e in entries if e.tag != self.rerun.tag and id(e) not in self._base]
         outside = changed_outside(model)
         state = State(
             tuple(e.step for e in mine), tuple(e.step for e in later), tuple(outside),
@@ -349,7 +359,7 @@ class PruneDashboard:
             applied, tuple(_step_result(e) for e in mine), self.result.before, now,
             self.result.metric_before, metric, False, 0.0, metric_name=self.result.metric_name,
         )  # fmt: skip
-        self._line(applied, notes)
+        self._line(applied, notes, later=bool(state.later))
         self._show(result, state)
         self.view.unmeasured = unmeasured
         self.summary.value = self.view.summary_html()
@@ -372,13 +382,11 @@ class PruneDashboard:
         before = self.start.get(self.layer.value)
         clips = any(step.kind == "clip" for step in self.applied.steps)  # (finetune, quantize: no cut)
         cut = now.smallest_kept if now.zeros and clips else None
-        figure = plots.magnitude_histogram(
-            before or now,
+        label, note = (
             self.layer.label or self.layer.value,
-            cut,
             structured_note(self.view.result, self.layer.value),
         )
-        show_image(self.histogram, plots.png(figure))
+        show_image(self.histogram, self.cut.histogram(before or now, label, cut, note))
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return with_widget(self.view._repr_mimebundle_(), self.box)
@@ -410,14 +418,6 @@ class State:
                 f" (pm.forget({name}) keeps the current weights)"
             )
         return tuple(out)
-
-
-def _trailing(entries: list[Any], tag: str | None) -> int:
-    """How many of the last entries are tagged ``tag`` (a cell's steps, at the end of the history)."""
-    count = 0
-    while count < len(entries) and entries[len(entries) - 1 - count].tag == tag:
-        count += 1
-    return count
 
 
 def _step(text: str) -> Any:

@@ -108,3 +108,48 @@ def test_a_structured_histogram_says_what_the_step_did(cnn) -> None:
     fig = plots.magnitude_histogram(histogram(cnn.features[3].weight), "features.3.weight", note=note)
     assert any(t.get_text() == note for t in fig.axes[0].texts)
     assert structured_note(pm.prune(cnn, "clip amount=0.5"), "features.3.weight") == ""
+
+
+def pixels(png: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).convert("RGBA").tobytes()
+
+
+def test_a_live_chart_redrawn_for_a_move_looks_like_one_drawn_anew(mlp) -> None:
+    from prune_magic.engine.report import histogram
+
+    start = histogram(mlp.fc1.weight)  # before the cell, as the dashboard draws it
+    first = pm.prune(mlp, "clip amount=0.5 scope=global", tag="cell")
+    live, cut = plots.Live(), plots.Live()
+    bars = live.sparsity(first.after, first.before)
+    frame = live.figure
+    old_cut = cut.histogram(start, "fc1", 0.01)
+    pm.undo(mlp)
+    moved = pm.prune(mlp, "clip amount=0.8 scope=global", tag="cell")  # a slider move
+    assert pixels(live.sparsity(moved.after, moved.before)) == pixels(
+        plots.Live().sparsity(moved.after, moved.before)
+    )
+    assert live.figure is frame and pixels(live.sparsity(moved.after, moved.before)) != pixels(bars)
+    assert pixels(cut.histogram(start, "fc1", 0.02)) == pixels(plots.Live().histogram(start, "fc1", 0.02))
+    assert pixels(cut.histogram(start, "fc1", 0.02)) != pixels(old_cut)
+    assert plots.css_width(bars) == plots.css_width(
+        plots.png(plots.sparsity_chart(first.after, first.before))
+    )
+    # no cut (a step that does not clip): a new frame, without the cut's legend
+    assert cut.histogram(start, "fc1") and not cut.moving and cut.figure.axes[0].get_legend() is None
+
+
+def test_a_live_width_chart_redrawn_for_a_move_looks_like_one_drawn_anew(cnn) -> None:
+    x = torch.randn(1, 1, 8, 8)
+    first = pm.prune(cnn, "structured amount=0.5", example_input=x, tag="cell")
+    live = plots.Live()
+    chart = live.widths(first.after, first.before)
+    frame = live.figure
+    pm.undo(cnn)
+    moved = pm.prune(cnn, "structured amount=0.25", example_input=x, tag="cell")  # a slider move
+    again = live.widths(moved.after, moved.before)
+    assert live.figure is frame and pixels(again) != pixels(chart)
+    assert pixels(again) == pixels(plots.Live().widths(moved.after, moved.before))

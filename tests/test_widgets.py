@@ -228,9 +228,12 @@ def test_a_structured_recipe_gets_a_slider_that_reshapes_the_model(cnn) -> None:
     rerun = PruneCall(cnn, example_input=x, tag="s")
     board = PruneDashboard(rerun("structured amount=0.5"), "cnn", rerun)
     assert cnn.features[0].out_channels == 4
+    assert board.result.latency() is not None  # the cell times the model (~0.5 s) ...
     board.sliders[0, "amount"].value = 0.25
     board.wait()
     assert cnn.features[0].out_channels == 6 and len(pm.history(cnn)) == 1
+    assert board.result.latency() is None  # ... a slider move does not, and says so
+    assert "not timed since the cell ran" in dict(board.view.summary())["latency"]
     assert "alt='width per layer'" in board.view._repr_html_()
     board.reset_button.click()
     board.wait()
@@ -291,9 +294,9 @@ def test_moves_run_off_the_kernels_thread_and_the_latest_move_wins(mlp) -> None:
     original = rerun.__call__
 
     class Counting(PruneCall):
-        def __call__(self, recipe, dry_run=False):  # type: ignore[no-untyped-def]
+        def __call__(self, recipe, dry_run=False, latency=None):  # type: ignore[no-untyped-def]
             applied.append(recipe)
-            return original(recipe, dry_run)
+            return original(recipe, dry_run, latency)
 
     board.rerun = Counting(mlp, slow, tag="cell-4")
     release.clear()
@@ -402,8 +405,8 @@ def shows_the_model(board, model) -> None:
     entries = [e for e in pm.history(model).entries if e.tag == board.rerun.tag]
     slider = board.sliders[0, "amount"]
     if entries:
-        assert (
-            html.escape(entries[-1].step) in board.line.value and "reproduces this model" in board.line.value
+        assert html.escape(entries[-1].step) in board.line.value and (
+            "reproduces this model" in board.line.value or "under later steps" in board.line.value
         )
         assert slider.value == pytest.approx(float(entries[-1].step.split("amount=")[1].split()[0]))
     else:
@@ -462,7 +465,7 @@ def test_a_change_made_elsewhere_redraws_the_dashboard_and_refresh_measures(dash
     board.refresh_button.click()
     board.wait()
     assert calls["n"] == measured + 1 and "not measured" not in board.summary.value
-    assert board.refresh_button.layout.display == "none"
+    assert board.refresh_button.layout.display == "none" and "updating" not in board.status.value
 
 
 def test_a_cell_that_undoes_redraws_the_dashboard_through_the_hook(dashboard) -> None:
@@ -568,3 +571,77 @@ def test_a_redraw_that_fails_shows_in_the_status_and_the_worker_goes_on(dashboar
     monkeypatch.setattr(board, "_redraw", lambda measure=False: 1 / 0)
     board.sync()
     assert board.wait(10) and "ZeroDivisionError" in board.status.value
+    monkeypatch.setattr(board.bars, "sparsity", lambda after, before: 1 / 0)  # a chart that fails on a move
+    board.sliders[0, "amount"].value = 0.6
+    assert board.wait(10) and "ZeroDivisionError" in board.status.value
+    assert not board.worker.busy  # (an exception on the worker's thread used to end it: wait() hung)
+
+
+def test_the_explorer_follows_a_change_made_elsewhere_and_refresh_measures_again(mlp) -> None:
+    from prune_magic.explorer import ExploreView, sync_explorers
+
+    agreement = agreement_with(mlp)
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6, 0.9), stop_below=-1)
+    view = ExploreView(sweep, "mlp", PruneCall(mlp, agreement, tag="explore:mlp"), charts=False)
+    assert view.wait(30) and not view.stale and view.notice.value == ""
+    measured = view.measured.value
+    assert "measured agreement" in measured and view.refresh_button.layout.display == "none"
+    pm.prune(mlp, "clip amount=0.5", tag="another cell")  # as another cell would
+    assert view.stale
+    sync_explorers()  # (what the hook after every cell calls)
+    assert "not measured since mlp changed" in view.measured.value
+    assert view.refresh_button.layout.display is None and not view.stale
+    assert "mlp changed since the sweep" in view.notice.value and "clip amount=0.5" in view.notice.value
+    view.refresh_button.click()  # measures the recipe on the model as it is now
+    assert view.wait(30) and "measured agreement" in view.measured.value
+    assert view.refresh_button.layout.display == "none" and "changed since the sweep" in view.notice.value
+    pm.undo(mlp)  # back to the model the sweep measured: the note goes
+    sync_explorers()
+    assert view.notice.value == "" and "not measured" in view.measured.value
+    view.apply_button.click()
+    assert view.wait(30) and "applied as" in view.status.value
+    sync_explorers()  # its own Apply is not a change made elsewhere
+    assert view.notice.value == "" and "applied as" in view.status.value
+    assert view.measured.value.startswith("measured")
+    pm.prune(mlp, "clip amount=0.9", dry_run=True)  # another cell's dry run changes nothing
+    sync_explorers()
+    assert view.measured.value.startswith("measured") and "applied as" in view.status.value
+    pm.reset(mlp)
+    sync_explorers()
+    assert view.status.value == "" and "not measured" in view.measured.value and view.notice.value == ""
+    view.overall.value = 0.0  # nothing to apply: Apply is off and says why
+    assert view.apply_button.disabled and "nothing to apply" in view.apply_button.tooltip
+
+
+def test_a_later_cells_step_on_top_of_a_slider_move_leaves_the_cells_step_shown(dashboard) -> None:
+    from prune_magic.widgets import sync_dashboards
+
+    board, model, _ = dashboard
+    board.sliders[0, "amount"].value = 0.7
+    board.wait()
+    pm.prune(model, "clip amount=0.3 layers=fc1", tag="another cell")  # on top of the cell's step
+    sync_dashboards()
+    shows_the_model(board, model)  # the cell's step is still applied: slider at 0.7, its recipe line
+    assert "changed since by 1 later step(s) (clip amount=0.3 layers=fc1)" in board.line.value
+    assert "is applied, under later steps" in board.line.value  # (not "reproduces this model")
+
+
+def test_a_cell_that_undoes_marks_the_explorer_out_of_date_through_the_hook(mlp) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from prune_magic.explorer import ExploreView
+
+    agreement = agreement_with(mlp)
+    sweep = pm.sensitivity(mlp, agreement, levels=(0.3, 0.6), stop_below=-1)
+    view = ExploreView(sweep, "net", PruneCall(mlp, agreement, tag="explore:net"), charts=False)
+    view.apply_button.click()
+    assert view.wait(30) and "applied as" in view.status.value
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "prune_magic")
+    try:
+        shell.user_ns["net"] = mlp
+        shell.run_cell("%prune undo net")
+    finally:
+        shell.run_line_magic("unload_ext", "prune_magic")
+    assert "not measured since net changed" in view.measured.value and view.status.value == ""
+    assert "net changed since the sweep" in view.notice.value and view.refresh_button.layout.display is None

@@ -8,30 +8,11 @@ the test is skipped, unless PRUNE_MAGIC_BROWSER=required (as in CI), where it fa
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-import uuid
-from pathlib import Path
-
-import nbformat
 import pytest
 
-CHROMIUM = shutil.which("chromium")
-REQUIRED = os.environ.get("PRUNE_MAGIC_BROWSER") == "required"
-ARTIFACTS = Path(__file__).parent / "artifacts"  # git-ignored
+from tests.browser.conftest import ARTIFACTS, SKIP, open_notebook, write_notebook
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM and not REQUIRED, reason="needs Debian's chromium (apt-get install chromium)"
-    ),
-]
+pytestmark = [pytest.mark.slow, SKIP]
 
 CELLS = [
     "%load_ext prune_magic",
@@ -45,141 +26,59 @@ CELLS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab, chromium) -> None:
+    from playwright.sync_api import expect
 
+    write_notebook(lab[2], "smoke.ipynb", CELLS)
+    errors: list[str] = []
+    page = open_notebook(chromium, lab, "smoke.ipynb", errors)
+    page.locator(".lm-MenuBar-itemLabel:has-text('Run')").click()
+    page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.49")
+    output = cells.nth(2).locator(".jp-OutputArea-output")
+    expect(output.locator("table.prune-magic-summary")).to_contain_text("accuracy")
+    chart = output.locator("img.prune-magic-chart")
+    expect(chart).to_be_visible()
+    first_chart = chart.get_attribute("src")
+    accuracy = output.locator("table.prune-magic-summary tr:has-text('accuracy') td")
+    first_accuracy = accuracy.inner_text()
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lab")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    nbformat.write(nb, root / "smoke.ipynb")
-    settings = root / "settings"
-    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
-        '{"fetchNews": "false", "checkForUpdates": false}'
-    )
-    port, token = free_port(), uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(settings),
-        "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces"),
-        "PYTHONPATH": str(Path(__file__).parents[2]),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    if os.geteuid() == 0:
-        cmd.append("--allow-root")
-    server = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.poll() is None, "jupyter lab exited at start"
-        try:
-            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "jupyter lab did not start in 60 s"
-            time.sleep(0.5)
-    yield url, token, root
-    os.killpg(server.pid, signal.SIGTERM)  # kernels got their own sessions: the server shuts them down
-    server.wait(timeout=30)
+    # the dashboard: one key press on the slider re-applies the recipe at 0.51
+    output.locator(".prune-magic-slider .noUi-handle").focus()
+    page.keyboard.press("ArrowRight")
+    expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.51 scope=global")
+    expect(output.locator(".prune-magic-status")).not_to_contain_text("updating")
+    expect(chart).not_to_have_attribute("src", first_chart)
+    page.keyboard.press("End")  # to the slider's end: 99% of the weights go, accuracy must move
+    expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.99 scope=global")
+    expect(output.locator(".prune-magic-status")).not_to_contain_text("updating")
+    expect(accuracy).not_to_have_text(first_accuracy)
+    page.keyboard.press("Escape")
 
+    # a recipe that trains: the output shows the recovery curve beside the per-layer chart
+    trained = cells.nth(5).locator(".jp-OutputArea")  # (the progress bar's output is empty now)
+    expect(trained.locator("table.prune-magic-summary")).to_contain_text("finetune epochs=3: 3 epochs")
+    expect(trained.locator("img.prune-magic-training")).to_be_visible()
+    trained.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-recover.png"), full_page=True)
 
-def test_rerunning_an_edited_cell_in_jupyterlab_does_not_compound(lab) -> None:
-    from playwright.sync_api import expect, sync_playwright
-
-    url, token, _ = lab
-    expect.set_options(timeout=60_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM or "chromium",
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.set_default_timeout(60_000)
-        page.goto(f"{url}/lab/tree/smoke.ipynb?token={token}&reset")
-        expect(page.locator("#jp-main-statusbar")).to_contain_text(
-            "Python 3 (ipykernel) | Idle"
-        )  # see BROWSER-TESTS G4
-        page.locator(".lm-MenuBar-itemLabel:has-text('Run')").click()
-        page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
-        cells = page.locator(".jp-Notebook .jp-CodeCell")
-        expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.49")
-        output = cells.nth(2).locator(".jp-OutputArea-output")
-        expect(output.locator("table.prune-magic-summary")).to_contain_text("accuracy")
-        chart = output.locator("img.prune-magic-chart")
-        expect(chart).to_be_visible()
-        first_chart = chart.get_attribute("src")
-        accuracy = output.locator("table.prune-magic-summary tr:has-text('accuracy') td")
-        first_accuracy = accuracy.inner_text()
-
-        # the dashboard: one key press on the slider re-applies the recipe at 0.51
-        output.locator(".prune-magic-slider .noUi-handle").focus()
-        page.keyboard.press("ArrowRight")
-        expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.51 scope=global")
-        expect(output.locator(".prune-magic-status")).not_to_contain_text("updating")
-        expect(chart).not_to_have_attribute("src", first_chart)
-        page.keyboard.press("End")  # to the slider's end: 99% of the weights go, accuracy must move
-        expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.99 scope=global")
-        expect(output.locator(".prune-magic-status")).not_to_contain_text("updating")
-        expect(accuracy).not_to_have_text(first_accuracy)
-        page.keyboard.press("Escape")
-
-        # a recipe that trains: the output shows the recovery curve beside the per-layer chart
-        trained = cells.nth(5).locator(".jp-OutputArea")  # (the progress bar's output is empty now)
-        expect(trained.locator("table.prune-magic-summary")).to_contain_text("finetune epochs=3: 3 epochs")
-        expect(trained.locator("img.prune-magic-training")).to_be_visible()
-        trained.scroll_into_view_if_needed()
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "lab-recover.png"), full_page=True)
-
-        # edit the %%prune cell (0.5 -> 0.8) and run it again, then the check cell
-        editor = cells.nth(2).locator(".cm-content")
-        editor.click()
-        page.keyboard.press("Control+End")
-        for _ in range(len("scope=global")):
-            page.keyboard.press("ArrowLeft")
-        for _ in range(4):
-            page.keyboard.press("Backspace")
-        page.keyboard.type("0.8 ")
-        page.keyboard.press("Shift+Enter")
-        expect(output).to_contain_text("re-run: first undid the 1 step(s) this cell applied last time")
-        expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.8 scope=global")
-        page.keyboard.press("Shift+Enter")  # the check cell is selected now
-        expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.79")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)  # kept for a person to look at
-        browser.close()
+    # edit the %%prune cell (0.5 -> 0.8) and run it again, then the check cell
+    editor = cells.nth(2).locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+End")
+    for _ in range(len("scope=global")):
+        page.keyboard.press("ArrowLeft")
+    for _ in range(4):
+        page.keyboard.press("Backspace")
+    page.keyboard.type("0.8 ")
+    page.keyboard.press("Shift+Enter")
+    expect(output).to_contain_text("re-run: first undid the 1 step(s) this cell applied last time")
+    expect(output.locator(".prune-magic-recipe")).to_contain_text("clip amount=0.8 scope=global")
+    page.keyboard.press("Shift+Enter")  # the check cell is selected now
+    expect(cells.nth(3).locator(".jp-OutputArea-output")).to_contain_text("steps: 1 sparsity: 0.79")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)  # kept for a person to look at
+    page.close()
     assert not errors, errors
