@@ -108,3 +108,11 @@ def test_a_structured_histogram_says_what_the_step_did(cnn) -> None:
     fig = plots.magnitude_histogram(histogram(cnn.features[3].weight), "features.3.weight", note=note)
     assert any(t.get_text() == note for t in fig.axes[0].texts)
     assert structured_note(pm.prune(cnn, "clip amount=0.5"), "features.3.weight") == ""
+
+
+def test_the_tolerance_band_of_a_perplexity_sweep_lies_above_the_baseline() -> None:
+    from prune_magic.engine.sensitivity import Sensitivity
+
+    sweep = Sensitivity("clip", (0.5, 0.9), 10.0, {"a": [10.2, 30.0]}, metric_name="perplexity")
+    band = next(p for p in plots.sensitivity_chart(sweep, tolerance=0.5).axes[0].patches)
+    assert (band.get_y(), band.get_y() + band.get_height()) == (10.0, 10.5)
