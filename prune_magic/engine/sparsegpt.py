@@ -220,11 +220,14 @@ def prune_weights(
     cols = W.shape[1]
     H += dampening * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    # rows are independent in the column loop: a few hundred at a time keep each of its thousands of
+    # small operations under torch's grain for threading, so none waits for a second thread
+    rows = max(1, GRAIN // blocksize)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
         diag = torch.diag(Hinv1)
+        W1 = W[:, i1:i2].clone()
         if ratio is None:
             score = (W1**2 / diag[None, :] ** 2).flatten()
             mask1 = torch.zeros(score.numel(), dtype=torch.bool, device=W.device)
@@ -232,16 +235,33 @@ def prune_weights(
             mask1 = mask1.view(W1.shape)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(i2 - i1):
-            if ratio is not None and i % ratio[1] == 0:
-                score = W1[:, i : i + ratio[1]] ** 2 / diag[i : i + ratio[1]][None, :] ** 2
-                mask1.scatter_(1, i + score.argsort(dim=1, stable=True)[:, : ratio[0]], True)
-            w = W1[:, i]
-            q = w.masked_fill(mask1[:, i], 0)
-            err = (w - q) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            W1[:, i] = q
-            Err1[:, i] = err
+        Err1 = torch.zeros_like(W1)
+        for r1 in range(0, W.shape[0], rows):
+            _columns(W1[r1 : r1 + rows], mask1[r1 : r1 + rows], Err1[r1 : r1 + rows], Hinv1, diag, ratio)
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     return W
+
+
+GRAIN = 32768  # (at::internal::GRAIN_SIZE: smaller elementwise operations run on one thread)
+
+
+def _columns(
+    W1: torch.Tensor,
+    mask1: torch.Tensor,
+    Err1: torch.Tensor,
+    Hinv1: torch.Tensor,
+    diag: torch.Tensor,
+    ratio: tuple[int, int] | None,
+) -> None:
+    """One block of columns of some rows, in place: prune column by column, spreading each column's
+    error over the columns after it (W1, mask1 and Err1 are views of those rows)."""
+    for i in range(W1.shape[1]):
+        if ratio is not None and i % ratio[1] == 0:
+            score = W1[:, i : i + ratio[1]] ** 2 / diag[i : i + ratio[1]][None, :] ** 2
+            mask1[:, i : i + ratio[1]].scatter_(1, score.argsort(dim=1, stable=True)[:, : ratio[0]], True)
+        w = W1[:, i]
+        err = torch.where(mask1[:, i], w, 0.0).div_(Hinv1[i, i])
+        W1[:, i:].sub_(err[:, None] * Hinv1[i, i:][None, :])
+        w.masked_fill_(mask1[:, i], 0)  # (exact zeros: w - err * d may round to a tiny value)
+        Err1[:, i] = err
