@@ -63,7 +63,8 @@ class PruneMagics(Magics):
     """``%%prune``: prune a model of the namespace with a recipe, see what changed, undo."""
 
     eval_samples = Integer(
-        10_000, help="At most this many samples are used by --data's built-in accuracy (0: all)."
+        10_000,
+        help="At most this many samples (tokens, for perplexity) are used by --data's built-in metric (0: all).",
     ).tag(config=True)
     short_errors = Bool(
         True, help="Show errors as one red line (UsageError); False shows the full traceback."
@@ -194,7 +195,7 @@ class PruneMagics(Magics):
         stopped = "the cell stopped before pruning, and what it changed stays"
         check_untouched(model, before, "expanding the recipe's {expr}", stopped)
         recipe = engine.parse_recipe(text)  # recipe errors first: before the namespace is searched further
-        evaluate, data = self._namespace.evaluate(args.eval_fn, args.data)
+        evaluate, data = self._namespace.evaluate(args.eval_fn, args.data, model)
         example = (
             self._namespace.expression(args.example_input, "--example-input") if args.example_input else None
         )
@@ -284,7 +285,7 @@ class PruneMagics(Magics):
         from .views import SweepView
 
         model = self._namespace.model(args.model)
-        evaluate, data = self._namespace.evaluate(args.eval_fn, args.data)
+        evaluate, data = self._namespace.evaluate(args.eval_fn, args.data, model)
         if evaluate is None:
             raise UsageError("the sweep needs a metric: --eval FN or --data DATA")
         try:

@@ -67,11 +67,11 @@ class Namespace:
             else " (no nn.Module is defined yet)"
         )
 
-    def evaluate(self, eval_fn: str | None, data_text: str | None) -> tuple[Any, Any]:
+    def evaluate(self, eval_fn: str | None, data_text: str | None, model: Any = None) -> tuple[Any, Any]:
         """The eval function and the data (for steps that need data) the options name.
 
-        ``--data`` alone also gives the metric (built-in accuracy); beside ``--eval`` it is
-        only the steps' data.
+        ``--data`` alone also gives the metric: built-in accuracy, or perplexity when the data
+        is token ids for a causal language model; beside ``--eval`` it is only the steps' data.
         """
         if eval_fn:
             fn = self.name(eval_fn, "--eval")
@@ -81,9 +81,16 @@ class Namespace:
                 )
             return fn, self.expression(data_text, "--data") if data_text else None
         if data_text:
+            from .engine.errors import PruneError
             from .engine.evaluate import accuracy
+            from .engine.language import perplexity, wants_perplexity
 
             data = self.expression(data_text, "--data")
+            try:
+                if model is not None and wants_perplexity(model, data):
+                    return perplexity(data, self.eval_samples), data
+            except PruneError as exc:
+                raise UsageError(f"--data {data_text}: {exc} (--eval FN)") from None
             return accuracy(data, self.eval_samples), data
         return None, None
 

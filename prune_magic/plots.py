@@ -127,9 +127,11 @@ def sensitivity_chart(result: Sensitivity, tolerance: float = 0.01) -> Figure:
             xs, ys = zip((0.0, result.baseline), *points, strict=True)
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=result.label(layer))
     ax.axhline(result.baseline, color="black", linewidth=0.8, linestyle="--", label="unpruned")
+    worst = result.baseline + tolerance if result.lower_is_better else result.baseline - tolerance
     ax.axhspan(
-        result.baseline - tolerance, result.baseline, color="0.85", zorder=0, label=f"within {tolerance:g}"
-    )
+        min(worst, result.baseline), max(worst, result.baseline), color="0.85", zorder=0,
+        label=f"within {tolerance:g}",
+    )  # fmt: skip
     ax.set_xlabel(f"{result.step} amount in one layer (%)")
     ax.set_ylabel(result.metric_name)
     ax.set_title(f"Sensitivity: {result.metric_name} when only one layer is pruned", fontsize=10)

@@ -414,3 +414,18 @@ def test_a_structured_cell_on_a_language_model_reruns_and_undoes_its_heads_and_c
         run(ip, "%prune undo lm")
     assert same_bits(lm, original)
     assert (lm.config.n_head, lm.config.n_inner, lm.transformer.h[0].attn.split_size) == (4, None, 64)
+
+
+def test_token_ids_for_a_language_model_give_perplexity_and_calibrate_sparsegpt(ip) -> None:
+    from tests.engine.language_models import bert, gpt2, token_ids
+
+    ip.user_ns.update(gpt=gpt2(), ids=token_ids(), bert=bert())
+    before = state(ip.user_ns["gpt"])
+    run(ip, "%%prune gpt --data ids -o res\nclip nm=2:4 by=sparsegpt\n")
+    result = ip.user_ns["res"]
+    assert result.metric_name == "perplexity" and result.metric_before > 1
+    assert "2:4 pattern" in result.lines()[0]
+    run(ip, "%prune undo gpt")
+    assert same_bits(ip.user_ns["gpt"], before)
+    message = fails(ip, "%%prune bert --data ids\nclip amount=0.5\n")
+    assert "BertForMaskedLM is not a causal language model" in message and "--eval FN" in message

@@ -153,3 +153,11 @@ def test_a_live_width_chart_redrawn_for_a_move_looks_like_one_drawn_anew(cnn) ->
     again = live.widths(moved.after, moved.before)
     assert live.figure is frame and pixels(again) != pixels(chart)
     assert pixels(again) == pixels(plots.Live().widths(moved.after, moved.before))
+
+
+def test_the_tolerance_band_of_a_perplexity_sweep_lies_above_the_baseline() -> None:
+    from prune_magic.engine.sensitivity import Sensitivity
+
+    sweep = Sensitivity("clip", (0.5, 0.9), 10.0, {"a": [10.2, 30.0]}, metric_name="perplexity")
+    band = next(p for p in plots.sensitivity_chart(sweep, tolerance=0.5).axes[0].patches)
+    assert (band.get_y(), band.get_y() + band.get_height()) == (10.0, 10.5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .errors import HistoryError, PruneError, RecipeError, SelectionError
 from .history import Entry, History, changed_outside, forget, history, reset, undo
+from .language import perplexity
 from .masks import Masks, keep_masks
 from .prune import EvaluationError, prune
 from .recipe import Recipe, Step, parse_recipe
@@ -46,6 +47,7 @@ __all__ = [
     "keep_masks",
     "load",
     "parse_recipe",
+    "perplexity",
     "prune",
     "report",
     "reset",

@@ -199,7 +199,7 @@ class Cluster:
                 result.evaluations += 1
                 if progress is not None:
                     progress(result)
-                if metric < limit or taken[name] == len(levels):
+                if result.collapsed(metric, limit) or taken[name] == len(levels):
                     open_layers.discard(name)
                     client.cancel([futures[name, j] for j in range(taken[name], len(levels))])
                     break

@@ -17,23 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .language import is_conv1d
 from .selection import DEFAULT_TYPES
-
-
-def is_conv1d(module: Any) -> bool:
-    """Whether ``module`` is transformers' ``Conv1D`` (a transposed Linear)."""
-    return (
-        type(module).__name__ == "Conv1D"
-        and isinstance(module, nn.Module)
-        and isinstance(getattr(module, "nf", None), int)
-        and isinstance(getattr(module, "weight", None), nn.Parameter)
-        and len(getattr(module, "weight").shape) == 2  # noqa: B009 (Any, not a Module's Tensor | Module)
-    )
 
 
 def is_layer(module: object) -> bool:
     """A Linear, a Conv or a ``Conv1D``: the layers structured pruning removes outputs of."""
-    return isinstance(module, DEFAULT_TYPES) or is_conv1d(module)
+    return isinstance(module, DEFAULT_TYPES) or (isinstance(module, nn.Module) and is_conv1d(module))
 
 
 def pruners(tp: Any, model: nn.Module) -> dict[type, Any]:

@@ -61,6 +61,15 @@ def is_fraction(name: str, *values: float) -> bool:
     return all(0.0 <= v <= 1.0 for v in values) and not any(w in name.lower() for w in _NOT_A_FRACTION)
 
 
+def lower_is_better(name: str) -> bool:
+    """Whether a metric improves downwards, by its name: a loss, an error, a perplexity.
+
+    >>> lower_is_better("perplexity"), lower_is_better("accuracy")
+    (True, False)
+    """
+    return any(w in name.lower() for w in _NOT_A_FRACTION)
+
+
 def format_metric(name: str, value: float, percent: bool | None = None) -> str:
     """One metric value: a percentage for accuracy-like ones, else 4 significant digits.
 

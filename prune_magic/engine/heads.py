@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .conv1d import is_conv1d
 from .dependencies import Kept
+from .language import is_conv1d
 
 
 @dataclass(frozen=True)

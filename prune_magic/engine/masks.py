@@ -105,7 +105,7 @@ def _clipped(model: nn.Module) -> list[str]:
         for e in history(model).entries
         for r in e.records
         if isinstance(r, TensorRecord) and r.full is None
-    }
+    } | {name for e in history(model).entries for name in e.clipped}  # (by=sparsegpt keeps full records)
     if named:
         return [name for name, _ in model.named_parameters() if name in named]
     return [t.name for t in select(model)]

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .conv1d import is_conv1d, is_layer
+from .conv1d import is_layer
 from .dependencies import Kept
 from .heads import Attention, HeadCut
+from .language import is_conv1d
 from .snapshot import ConfigRecord
 
 #: The fields that give the width of every MLP's hidden layer, by family.

@@ -93,7 +93,8 @@ def prune(
             at least three passes each: on a small model that is more than the pruning itself,
             so it is asked for; a ``%%prune`` cell with a structured step asks for it).
         data: a DataLoader or ``(X, y)`` pair for steps that need data (``importance=taylor``,
-            ``by=wanda``).
+            ``by=wanda``, ``by=sparsegpt``): a DataLoader, an ``(X, y)`` pair, or token ids (a
+            LongTensor (batch, seq) or a DataLoader of them) for a language model.
         train: a DataLoader or ``(X, y)`` pair to train on (``finetune``, ``distill``,
             ``clip ... finetune=``); an ``(X, y)`` pair is shuffled and cut into batches of 64.
         loss: ``loss(output, target)`` for training (default: cross-entropy).
@@ -231,8 +232,8 @@ def _notes(model: nn.Module, recipe: Recipe) -> tuple[str, ...]:
     for step in recipe.steps:
         if selects_weights(step):
             layers = step.patterns("layers")
-            targets = select(model, layers, step.patterns("exclude"))
-            found.update(dict.fromkeys(notes(model, targets, layers)))
+            targets = select(model, layers, step.patterns("exclude"), blocks_only=clips(step))
+            found.update(dict.fromkeys(notes(model, targets, layers, blocks_only=clips(step))))
     return tuple(found)
 
 
@@ -287,8 +288,8 @@ def _check_inputs(model: nn.Module, recipe: Recipe, train: object, data: object,
             )
         if needs_calibration_data(step) and data is None:
             raise PruneError(
-                f"line {step.line}: clip by=wanda needs calibration data: pass data=(X, y) or a DataLoader"
-                " (in %%prune: --data NAME)"
+                f"line {step.line}: clip by={step.options['by']} needs calibration data: pass data= (X, y),"
+                " token ids or a DataLoader (in %%prune: --data NAME)"
             )
         if needs_teacher(step):
             if not keep:

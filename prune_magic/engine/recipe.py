@@ -24,7 +24,7 @@ from typing import Literal
 
 from .errors import RecipeError, did_you_mean, shorten
 
-OptionKind = Literal["fraction", "nonnegative", "positive", "count", "choice", "patterns"]
+OptionKind = Literal["fraction", "nonnegative", "positive", "count", "choice", "patterns", "ratio"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class StepSchema:
     help: str
     options: Mapping[str, Option]
     one_of: tuple[str, ...] = ()
-    # option -> the option it only makes sense with
+    # option -> the option it only makes sense with (or "option=value": with that value)
     requires: Mapping[str, str] = field(default_factory=dict)
     # a bare word -> the option it stands for: ``quantize int8`` is ``quantize dtype=int8``
     words: Mapping[str, tuple[str, str]] = field(default_factory=dict)
@@ -74,6 +74,10 @@ SCHEMAS: Mapping[str, StepSchema] = {
         help="zero the weights of smallest magnitude |w|",
         options={
             "amount": Option("fraction", "fraction of weights to zero, 0 <= amount < 1 (0.8 or 80%)"),
+            "nm": Option(
+                "ratio",
+                "N:M sparsity: exactly N zeros in every M consecutive input weights of each output (nm=2:4)",
+            ),
             "threshold": Option("nonnegative", "zero every weight with |w| < threshold"),
             "sigma": Option("nonnegative", "per layer, threshold = sigma x std of the layer"),
             "scope": Option(
@@ -81,26 +85,39 @@ SCHEMAS: Mapping[str, StepSchema] = {
             ),
             "by": Option(
                 "choice",
-                "rank by |w| (magnitude) or by |w| x the input's activation norm, per output row"
-                " (wanda, Sun et al. 2023; needs data)",
-                ("magnitude", "wanda"),
+                "rank by |w| (magnitude), by |w| x the input's activation norm per output row (wanda,"
+                " Sun et al. 2023), or prune and update the kept weights layer by layer (sparsegpt, Frantar &"
+                " Alistarh 2023); wanda and sparsegpt need data",
+                ("magnitude", "wanda", "sparsegpt"),
+            ),
+            "blocksize": Option("count", "by=sparsegpt: columns pruned and updated together (default 128)"),
+            "dampening": Option(
+                "fraction", "by=sparsegpt: added to the Hessian's diagonal, x its mean (default 0.01)"
             ),
             "steps": Option("count", "reach amount gradually, over this many steps of a cubic schedule"),
             "finetune": Option("count", "epochs of training after each step, clipped weights kept at zero"),
             **_TRAIN,
             **_SELECT,
         },
-        one_of=("amount", "threshold", "sigma"),
+        one_of=("amount", "threshold", "sigma", "nm"),
         requires={
             "scope": "amount",
-            "by": "amount",
+            "by": "amount|nm",
+            "blocksize": "by=sparsegpt",
+            "dampening": "by=sparsegpt",
             "steps": "amount",
             "finetune": "amount",
             "lr": "finetune",
             "optimizer": "finetune",
             "seed": "finetune",
         },
-        conflicts=(("by", "wanda", "scope"), ("by", "wanda", "steps")),
+        conflicts=(
+            ("by", "wanda", "scope"),
+            ("by", "wanda", "steps"),
+            ("by", "sparsegpt", "scope"),
+            ("by", "sparsegpt", "steps"),
+            ("by", "sparsegpt", "finetune"),
+        ),
     ),
     "finetune": StepSchema(
         help="train on the --train data with every clipped weight kept at zero",
@@ -220,6 +237,17 @@ class Step:
         assert isinstance(value, str)
         return value
 
+    def ratio(self, key: str) -> tuple[int, int] | None:
+        """An N:M option (``nm=2:4``) as (N, M), or None when it is not given.
+
+        >>> parse_step("clip nm=2:4").ratio("nm")
+        (2, 4)
+        """
+        if key not in self.options:
+            return None
+        n, _, m = str(self._option(key, ("ratio",), None)).partition(":")
+        return int(n), int(m)
+
     def patterns(self, key: str) -> tuple[str, ...] | None:
         """A ``layers=``/``exclude=`` option's patterns, or None when it is not given (or the step
         takes none: a finetune step works on the whole model)."""
@@ -325,6 +353,8 @@ def parse_step(line: str, number: int = 1) -> Step:
                 f" (e.g. {kind} {next(iter(schema.options))}=...)"
             )
         option = schema.options.get(key)
+        if option is None and ":" in key and "nm" in schema.options:  # the papers' n:m=2:4
+            raise RecipeError(f"line {number}: write N:M sparsity as nm={shorten(raw)}, not {shorten(key)}=")
         if option is None:
             raise RecipeError(
                 f"line {number}: {kind} has no option {shorten(key)!r}{did_you_mean(key, schema.options)}"
@@ -341,8 +371,13 @@ def parse_step(line: str, number: int = 1) -> Step:
             what = "needs"
         raise RecipeError(f"line {number}: {kind} {what} {choices}")
     for key, needed in schema.requires.items():
-        if key in options and needed not in options:
-            raise RecipeError(f"line {number}: {key}= only applies with {needed}=")
+        if key not in options:
+            continue
+        other, _, value = needed.partition("=")
+        if value and options.get(other) != value:
+            raise RecipeError(f"line {number}: {key}= only applies with {needed}")
+        if not value and not any(n in options for n in other.split("|")):
+            raise RecipeError(f"line {number}: {key}= only applies with {'= or '.join(other.split('|'))}=")
     for key, value, other in schema.conflicts:
         if options.get(key) == value and other in options:
             raise RecipeError(f"line {number}: {key}={value} can't be combined with {other}=; drop {other}=")
@@ -371,6 +406,13 @@ def _value(option: Option, key: str, text: str, number: int) -> Value:
                 f" (choose {' or '.join(option.choices)})"
             )
         return raw
+    if option.kind == "ratio":
+        n, sep, m = text.partition(":")
+        if not (sep and n.isascii() and n.isdigit() and m.isascii() and m.isdigit() and 0 < int(n) < int(m)):
+            raise RecipeError(
+                f"line {number}: {key}={raw} must be N:M with 0 < N < M, e.g. {key}=2:4 ({option.help})"
+            )
+        return f"{int(n)}:{int(m)}"
     if option.kind == "patterns":
         patterns = tuple(p.strip() for p in text.split(","))
         if not text or any(not p for p in patterns):

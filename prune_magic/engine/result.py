@@ -213,7 +213,13 @@ def _step_line(s: StepResult) -> str:
     if s.curve:
         return f"{s.step}: {describe_curve(s)}; now {s.sparsity:.1%} sparse {took}"
     if not s.removals:
-        return f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse {took}"
+        ratio = s.step.ratio("nm") if s.step.kind == "clip" else None
+        pattern = (
+            f" in a {ratio[0]}:{ratio[1]} pattern ({ratio[0]} zeros in every {ratio[1]} consecutive inputs)"
+            if ratio
+            else ""
+        )
+        return f"{s.step}: {len(s.targets)} tensors now {s.sparsity:.1%} sparse{pattern} {took}"
     cut = [r for r in s.removals if not r.why_kept and r.unit == "channels"]
     widths = ", ".join(f"{r.layer} {r.width}->{r.kept}" for r in cut[:6])
     more = f" and {len(cut) - 6} more" if len(cut) > 6 else ""

@@ -9,8 +9,10 @@ A pattern in ``layers=`` or ``exclude=`` is one of
   exactly (so ``bn1`` or ``embed`` selects a norm layer or an embedding);
 - a parameter name (``fc1.bias``, ``*.bias``, or ``scale`` on the model itself): that parameter.
 
-With no ``layers=``, every Linear and ConvNd weight is selected. Biases, norm layers,
-embeddings and RNNs are only selected when named.
+With no ``layers=``, every Linear (transformers' ``Conv1D`` included) and ConvNd weight is
+selected, except in a language model: there only the projections inside its blocks are
+(:mod:`.language`; a note says what was left out). Biases, norm layers, embeddings and RNNs
+are only selected when named.
 
 A weight stored in another form is selected through the tensor that holds its values:
 
@@ -44,6 +46,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import SelectionError, did_you_mean, shorten
+from .language import block_prefixes, in_blocks, is_conv1d, left_out_note
 
 #: Layer types whose weights are selected when no ``layers=`` is given.
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
@@ -91,13 +94,28 @@ class _Scan:
             if key in self.candidates and all(default for _, _, default in owners)
         }
 
+    def language_defaults(self, blocks: tuple[str, ...]) -> tuple[dict[int, str], list[str]]:
+        """The defaults inside a language model's blocks, and the default layers left out."""
+        kept, left = {}, []
+        for key, name in self.defaults.items():
+            layers = [layer for layer, _, _ in self.owners[key]]
+            if all(in_blocks(layer, blocks) for layer in layers):
+                kept[key] = name
+            else:
+                left.append(layers[-1])
+        return kept, left
+
 
 def select(
     model: nn.Module,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    blocks_only: bool = True,
 ) -> list[Target]:
     """Return the targets named by ``layers`` minus those named by ``exclude``.
+
+    ``blocks_only``: a language model's default is its blocks' projections (a clip's); False
+    gives every Linear and ConvNd weight, as for any model (a structured step's).
 
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -105,7 +123,7 @@ def select(
     ['0.weight']
     """
     scan = _scan(model)
-    chosen = _match_all(model, scan, layers, "layers") if layers else scan.defaults
+    chosen = _match_all(model, scan, layers, "layers") if layers else _defaults(model, scan, blocks_only)
     if exclude:
         for key in _match_all(model, scan, exclude, "exclude"):
             chosen.pop(key, None)
@@ -119,6 +137,11 @@ def select(
     for target in targets:
         check_target(target)
     return targets
+
+
+def _defaults(model: nn.Module, scan: _Scan, blocks_only: bool) -> dict[int, str]:
+    blocks = block_prefixes(model) if blocks_only else ()
+    return scan.language_defaults(blocks)[0] if blocks else scan.defaults
 
 
 def check_target(target: Target) -> None:
@@ -140,7 +163,9 @@ def check_target(target: Target) -> None:
         )
 
 
-def notes(model: nn.Module, targets: Sequence[Target], layers: Sequence[str] | None = None) -> list[str]:
+def notes(
+    model: nn.Module, targets: Sequence[Target], layers: Sequence[str] | None = None, blocks_only: bool = True
+) -> list[str]:
     """What a careful user should know about a selection: layers skipped and why, tied weights.
 
     >>> from torch import nn
@@ -155,6 +180,11 @@ def notes(model: nn.Module, targets: Sequence[Target], layers: Sequence[str] | N
     skipped = scan.skipped_by(layers)
     if skipped:
         out.append(f"skipped {_skipped_text(skipped)}")
+    blocks = () if layers or not blocks_only else block_prefixes(model)
+    if blocks:
+        left = scan.language_defaults(blocks)[1]
+        embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+        out.append(left_out_note(model, blocks, [*dict.fromkeys([*embeddings, *left])]))
     for key, owners in scan.owners.items():
         if len(owners) < 2 or key not in scan.candidates:
             continue
@@ -233,11 +263,6 @@ def stored(module: nn.Module, weight: str) -> tuple[str, nn.Parameter] | str:
     return f"no {weight} parameter"
 
 
-def _conv1d(module: nn.Module) -> bool:
-    """transformers' Conv1D (GPT-2's projections): a Linear with its weight transposed."""
-    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int)
-
-
 def _quantized(module: nn.Module) -> bool:
     """torch.ao's quantized layers: packed int8 weights, not parameters."""
     return type(module).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) and callable(
@@ -262,7 +287,7 @@ def _scan(model: nn.Module) -> _Scan:
             if isinstance(where, str):
                 scan.skipped[name if weight == "weight" else f"{name}.{weight}"] = (kind, where)
                 continue
-            default = (isinstance(module, DEFAULT_TYPES) or _conv1d(module)) and weight == "weight"
+            default = (isinstance(module, DEFAULT_TYPES) or is_conv1d(module)) and weight == "weight"
             scan.owners.setdefault(id(where[1]), []).append((name, kind, default))
     for name, param in model.named_parameters():
         owners = scan.owners.get(id(param))
@@ -291,7 +316,7 @@ def _match(model: nn.Module, pattern: str) -> dict[int, str]:
     found: dict[int, str] = {}
     exact = not any(c in pattern for c in "*?[")
     for mname, module in model.named_modules():
-        by_type = type(module).__name__ == pattern
+        by_type = type(module).__name__ == pattern or (pattern == "Linear" and is_conv1d(module))
         by_name = mname == pattern if exact else bool(mname) and fnmatchcase(mname, pattern)
         if not (by_type or by_name):
             continue
@@ -299,7 +324,7 @@ def _match(model: nn.Module, pattern: str) -> dict[int, str]:
         for dname, inner in module.named_modules(prefix=mname):
             if named and dname == mname:
                 weights = weight_names(inner)  # the layer itself: every weight it has
-            elif isinstance(inner, DEFAULT_TYPES) or _conv1d(inner):
+            elif isinstance(inner, DEFAULT_TYPES) or is_conv1d(inner):
                 weights = ["weight"]
             else:
                 continue

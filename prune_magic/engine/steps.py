@@ -20,10 +20,12 @@ from torch import nn
 
 from .clip import apply_clip
 from .errors import PruneError
+from .nm import apply_nm
 from .quantize import Quantized, apply_quantize
 from .recipe import Step
 from .reparam import check_directions, sync_masks, zero_masked
 from .selection import Target, select
+from .sparsegpt import apply_sparsegpt
 from .structured import Removal, apply_structured
 from .train import Point, Training, clip_gradually, distill, finetune, full_records
 from .wanda import apply_wanda
@@ -56,7 +58,7 @@ def needs_training_data(step: Step) -> bool:
 
 
 def needs_calibration_data(step: Step) -> bool:
-    return step.options.get("by") == "wanda"
+    return step.options.get("by") in ("wanda", "sparsegpt")
 
 
 def needs_record(step: Step) -> bool:
@@ -88,7 +90,7 @@ def clips(step: Step) -> bool:
 def select_targets(model: nn.Module, step: Step) -> list[Target]:
     """The tensors the step's ``layers=``/``exclude=`` select; errors name the step's line."""
     try:
-        return select(model, step.patterns("layers"), step.patterns("exclude"))
+        return select(model, step.patterns("layers"), step.patterns("exclude"), blocks_only=clips(step))
     except PruneError as exc:
         raise type(exc)(f"line {step.line}: {exc}") from None
 
@@ -151,6 +153,10 @@ def cut(
     """
     if step.kind == "structured":
         return None, tuple(apply_structured(model, step, targets, example_input, records, data))
-    if needs_calibration_data(step):
+    if step.options.get("by") == "sparsegpt":  # (it changes kept weights: its record holds them whole)
+        return apply_sparsegpt(model, step, targets, records, data), ()
+    if step.options.get("by") == "wanda":
         return apply_wanda(model, step, targets, records, data), ()
+    if "nm" in step.options:
+        return apply_nm(model, step, targets, records), ()
     return apply_clip(step, targets, records), ()

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from . import heads as attention_heads
-from .conv1d import has_conv1d, is_conv1d, is_layer, magnitude
+from .conv1d import has_conv1d, is_layer, magnitude
 from .dependencies import Kept, attention_modules, channel_groups, groups, output_layers, outputs_of, trace
 from .errors import PruneError, shorten
 from .evaluate import eval_mode, first_batch
+from .language import is_conv1d
 from .model_config import config_of, fixed_by_config, heads_note, layer_widths, unsaid_widths, update_config
 from .recipe import Step
 from .report import fits

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .bits import flat_view, int_view
 from .errors import PruneError
-from .evaluate import _batches, _to_model, eval_mode
+from .evaluate import eval_mode
+from .language import inputs, is_linear, rows, run
+from .nm import check_groups, nm_mask, zero_where
 from .recipe import Step
 from .selection import Target
 from .snapshot import TensorRecord
@@ -28,7 +29,8 @@ SAMPLES = 256  # calibration samples (rows of the data) read from data=
 def input_norms(
     model: nn.Module, names: Sequence[str], data: object, max_samples: int = SAMPLES
 ) -> dict[str, torch.Tensor]:
-    """L2 norm of each input feature of the named Linear layers over ``max_samples`` samples of ``data``."""
+    """L2 norm of each input feature of the named Linear layers over ``max_samples`` samples of ``data``
+    (rows of token ids, or the inputs of ``(X, y)`` batches)."""
     squares: dict[str, torch.Tensor] = {}
 
     def hook(name: str):  # type: ignore[no-untyped-def]
@@ -43,12 +45,12 @@ def input_norms(
     seen = 0
     try:
         with eval_mode(model):
-            for inputs, _ in _batches(data, 128)():
+            for x in inputs(data, 128):
                 if seen >= max_samples:
                     break
-                inputs = inputs[: max_samples - seen]
-                model(_to_model(inputs, model))
-                seen += len(inputs)
+                x = x[: max_samples - seen]
+                run(model, x)
+                seen += len(x)
     finally:
         for handle in handles:
             handle.remove()
@@ -80,34 +82,38 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, amount: float) -> torc
 def apply_wanda(
     model: nn.Module, step: Step, targets: Sequence[Target], records: list[TensorRecord] | None, data: object
 ) -> int:
-    """Zero the fraction ``amount`` of each output row of every target by Wanda's score."""
+    """Zero the fraction ``amount`` of each output row of every target by Wanda's score (or, with
+    ``nm=N:M``, the N lowest scores of every M consecutive inputs)."""
+    layers = linear_layers(model, step, targets)
+    if data is None:
+        raise PruneError(f"line {step.line}: by=wanda needs calibration data: pass data= (--data in %%prune)")
+    ratio = check_groups(step, model, targets) if "nm" in step.options else None
+    norms = input_norms(model, list(dict.fromkeys(layers.values())), data)
+    zeros = 0
+    for target in targets:
+        module = model.get_submodule(layers[target.name])
+        weight = rows(module, target.param)
+        if ratio is None:
+            where = wanda_mask(weight, norms[layers[target.name]], step.number("amount"))
+        else:
+            score = weight.abs().float() * norms[layers[target.name]].to(weight.device).float()[None, :]
+            where = nm_mask(score, *ratio)
+        zero_where(target, where.t() if weight is not target.param else where, records)
+        zeros += int(torch.count_nonzero(target.param == 0))
+    return zeros
+
+
+def linear_layers(model: nn.Module, step: Step, targets: Sequence[Target]) -> dict[str, str]:
+    """Each target's layer name, refused unless every target is a Linear (or Conv1D) weight."""
     layers = {t.name: t.name.rpartition(".")[0] for t in targets}
     wrong = [
         name
         for name, owner in layers.items()
-        if not name.endswith("weight") or not isinstance(model.get_submodule(owner), nn.Linear)
+        if not name.endswith("weight") or not is_linear(model.get_submodule(owner))
     ]
     if wrong:
         raise PruneError(
-            f"line {step.line}: by=wanda prunes Linear weights only, not {', '.join(wrong[:3])}"
-            " (select Linear layers with layers=Linear, or drop by=wanda)"
+            f"line {step.line}: by={step.word('by')} prunes Linear weights only, not {', '.join(wrong[:3])}"
+            f" (select Linear layers with layers=Linear, or drop by={step.word('by')})"
         )
-    if data is None:
-        raise PruneError(f"line {step.line}: by=wanda needs calibration data: pass data= (--data in %%prune)")
-    norms = input_norms(model, list(dict.fromkeys(layers.values())), data)
-    amount = step.number("amount")
-    zeros = 0
-    for target in targets:
-        param = target.param
-        mask = wanda_mask(param, norms[layers[target.name]], amount)
-        # in the weight's memory order, as the record's positions are (channels_last, transposed)
-        changed = flat_view(torch.empty_like(param, dtype=torch.bool).copy_(mask & (param != 0)))
-        if records is not None and bool(changed.any()):
-            padded = torch.zeros(-(-changed.numel() // 8) * 8, dtype=torch.bool, device=param.device)
-            padded[: changed.numel()] = changed
-            record = TensorRecord(target.name)
-            record.add(0, int_view(param), padded)
-            records.append(record)
-        param.masked_fill_(mask, 0)
-        zeros += int(torch.count_nonzero(param == 0))
-    return zeros
+    return layers

@@ -346,3 +346,18 @@ def test_an_eval_function_in_inference_mode() -> None:
     assert result.complete, result.stopped
     assert result.curves == reference(model, accuracy, result.curves)
     assert same_bits(model, before)
+
+
+def test_a_perplexity_sweep_reads_a_rise_as_the_loss() -> None:
+    sweep = Sensitivity(
+        "clip", (0.5, 0.9), 10.0, {"a": [10.2, 30.0], "b": [12.0, 14.0]}, metric_name="perplexity",
+        sizes={"a": 100, "b": 100},
+    )  # fmt: skip
+    assert sweep.lower_is_better and sweep.default_limit() == 20.0
+    assert sweep.collapsed(30.0, 20.0) and not sweep.collapsed(5.0, 20.0)
+    assert sweep.budget(tolerance=0.5) == {"a": 0.5, "b": 0.0}
+    assert sweep.drop("b", 0.9) == pytest.approx(4.0)
+    assert sweep.estimate({"a": 0.5, "b": 0.5}) == pytest.approx(10.0 + 0.2 + 2.0)
+    assert sweep.estimate({"a": 0.9, "b": 0.9}) == 30.0  # (never past the worst the sweep saw)
+    amounts = sweep.allocate(0.5)
+    assert amounts["a"] > amounts["b"]  # the layer that costs less perplexity gives more weights
