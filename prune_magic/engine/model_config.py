@@ -95,8 +95,9 @@ def update_config(
 
 
 def heads_note(config: Any, attention: Attention) -> str:
-    """What to know about the heads removed from ``attention``: what from_pretrained cannot rebuild."""
-    if describes_heads(config, attention):
+    """What to know about the heads removed from ``attention``: what from_pretrained cannot rebuild
+    (nothing for a model without a Hugging Face config: pm.save/pm.load is its way back)."""
+    if config is None or describes_heads(config, attention):
         return ""
     return (
         f"the config cannot say that heads keep {attention.head_dim} dims (this attention derives them"

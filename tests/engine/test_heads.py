@@ -373,3 +373,36 @@ def test_mlps_ranked_globally_differ_in_width_and_the_result_says_the_config_can
     widths = {model.transformer.h[i].mlp.c_fc.nf for i in (0, 1)}
     assert len(widths) == 2 and model.config.n_inner is None  # the config keeps what it said
     assert "which config.n_inner cannot say: from_pretrained will not load it, pm.save/pm.load will" in text
+
+
+class SelfAttention(nn.Module):
+    """Attention written by hand as Llama writes it (no Hugging Face class, no config)."""
+
+    def __init__(self, width: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, width // heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            p(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+def test_hand_written_attention_loses_whole_heads_and_no_config_is_talked_of() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(SelfAttention(), nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8)).eval()
+    x = torch.randn(2, 6, 32)
+    before = state(model)
+    result = pm.prune(model, "structured amount=0.5 heads=0.5", example_input=x)
+    attention = model[0]
+    assert (attention.num_heads, attention.q_proj.out_features, attention.o_proj.in_features) == (2, 16, 16)
+    assert model(x).shape == (2, 6, 8) and model[1].out_features == 32
+    text = str(result)
+    assert "0 4->2" in text.replace("→", "->") and "from_pretrained" not in text and "config" not in text
+    pm.undo(model)
+    assert same_bits(model, before) and attention.num_heads == 4
