@@ -124,17 +124,20 @@ class Sweeper:
 def remote_point(payload: Payload, name: str, level: float) -> float:
     """One point, run on a worker against its own copy of the model (a Dask task)."""
     with payload.lock:
-        if payload.sweeper is None:
-            payload.sweeper = Sweeper(payload)
-        return payload.sweeper.point(name, level)
+        return _sweeper(payload).point(name, level)
 
 
 def remote_baseline(payload: Payload) -> float:
     """The unpruned model's metric, measured on a worker (which records its replay on the way)."""
     with payload.lock:
-        if payload.sweeper is None:
-            payload.sweeper = Sweeper(payload)
-        return payload.sweeper.baseline
+        return _sweeper(payload).baseline
+
+
+def _sweeper(payload: Payload) -> Sweeper:
+    """This worker's copy, unpacked at its first task (the caller holds the payload's lock)."""
+    if payload.sweeper is None:
+        payload.sweeper = Sweeper(payload)
+    return payload.sweeper
 
 
 class Cluster:
