@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +12,24 @@ import prune_magic as pm
 from prune_magic.rerun import PruneCall
 from prune_magic.widgets import PruneDashboard
 from tests.conftest import same_bits, state
+
+
+class Histograms:
+    """Every magnitude histogram a dashboard draws from now on: its cut and its note."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from prune_magic import plots
+
+        self.cuts: list[object] = []
+        self.notes: list[str] = []
+        draw = plots.magnitude_histogram
+
+        def record(h: Any, layer: str, cut: float | None = None, note: str = "") -> Any:
+            self.cuts.append(cut)
+            self.notes.append(note)
+            return draw(h, layer, cut, note)
+
+        monkeypatch.setattr(plots, "magnitude_histogram", record)
 
 
 @pytest.fixture
@@ -360,35 +379,23 @@ def test_the_recipe_line_has_no_float_noise_from_the_slider(dashboard) -> None:
 
 
 def test_the_histogram_draws_a_cut_only_for_a_recipe_that_clips(mlp, monkeypatch) -> None:
-    from prune_magic import plots
 
-    cuts: list[object] = []
-    draw = plots.magnitude_histogram
-    monkeypatch.setattr(
-        plots,
-        "magnitude_histogram",
-        lambda h, layer, cut=None, note="": (cuts.append(cut), draw(h, layer, cut, note))[1],
-    )
+    histograms = Histograms(monkeypatch)
     pm.prune(mlp, "clip amount=0.5")  # an earlier cell clipped
     rerun = PruneCall(mlp, tag="cell-6")
     PruneDashboard(rerun("quantize bits=8"), "mlp", rerun)
     PruneDashboard(rerun("clip amount=0.7"), "mlp", PruneCall(mlp, tag="cell-7"))
-    assert cuts[0] is None and isinstance(cuts[-1], float)
+    assert histograms.cuts[0] is None and isinstance(histograms.cuts[-1], float)
 
 
 def test_a_structured_dashboard_histogram_and_summary_tell_widths_not_sparsity(cnn, monkeypatch) -> None:
-    from prune_magic import plots
 
-    notes: list[str] = []
-    draw = plots.magnitude_histogram
-    monkeypatch.setattr(
-        plots,
-        "magnitude_histogram",
-        lambda h, layer, cut=None, note="": (notes.append(note), draw(h, layer, cut, note))[1],
-    )
+    histograms = Histograms(monkeypatch)
     rerun = PruneCall(cnn, example_input=torch.randn(1, 1, 8, 8), tag="s")
     board = PruneDashboard(rerun("structured amount=0.5"), "cnn", rerun)
-    assert notes[-1].startswith("structured step: 8 → 4 outputs kept")  # features.0.weight, the first
+    assert histograms.notes[-1].startswith(
+        "structured step: 8 → 4 outputs kept"
+    )  # features.0.weight, the first
     summary = dict(board.view.summary())
     assert "sparsity" not in summary and "nonzero" not in summary
     assert summary["widths"].startswith("features.0 8→4, features.3 16→8")
@@ -418,25 +425,18 @@ def shows_the_model(board, model) -> None:
 def test_after_undo_every_field_describes_the_model_and_reset_is_disabled_not_an_error(
     dashboard, monkeypatch
 ) -> None:
-    from prune_magic import plots
 
     board, model, calls = dashboard
     board.sliders[0, "amount"].value = 0.99
     board.wait()
     chart = board.image.value
-    cuts: list[object] = []
-    draw = plots.magnitude_histogram
-    monkeypatch.setattr(
-        plots,
-        "magnitude_histogram",
-        lambda h, layer, cut=None, note="": (cuts.append(cut), draw(h, layer, cut, note))[1],
-    )
+    histograms = Histograms(monkeypatch)
     measured = calls["n"]
     board.undo_button.click()
     board.wait()
     shows_the_model(board, model)
     assert zeros(model) == 0 and "undid" in board.status.value
-    assert board.image.value != chart and cuts[-1] is None  # the bar chart redrawn; no stale cut
+    assert board.image.value != chart and histograms.cuts[-1] is None  # the bar chart redrawn; no stale cut
     assert "agreement" in board.summary.value and calls["n"] == measured  # the start's metric, known
     assert board.undo_button.disabled and board.reset_button.disabled  # nothing left to undo
     assert "no prune_magic step" in board.reset_button.tooltip

@@ -3,6 +3,7 @@ GPT-2 trained for a few seconds on text every Python ships (``pydoc_data``)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,46 +16,49 @@ VOCAB = 64
 
 
 def transformers() -> Any:
-    torchvision()  # (this box's torchvision wheel needs its ops declared before transformers imports it)
+    with contextlib.suppress(ImportError):  # (none installed: transformers does without)
+        torchvision()  # (this box's torchvision wheel needs its ops declared before transformers imports it)
     import transformers as t
 
     t.logging.set_verbosity_error()  # (tiny vocabularies: its warnings about bos/eos ids are not ours)
     return t
 
 
-def gpt2() -> nn.Module:
+def gpt2(**config: Any) -> nn.Module:
+    """``config``: GPT2Config fields over these tiny ones (test_heads asks for more heads)."""
     t = transformers()
-    config = t.GPT2Config(
+    tiny = dict(
         n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=0
     )
-    return t.GPT2LMHeadModel(config)
+    return t.GPT2LMHeadModel(t.GPT2Config(**{**tiny, **config}))
 
 
-def llama() -> nn.Module:
+def llama(**config: Any) -> nn.Module:
+    """Grouped-query attention: 4 query heads read 2 key-value heads (unless ``config`` says otherwise)."""
     t = transformers()
-    config = t.LlamaConfig(
+    tiny = dict(
         num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
-    return t.LlamaForCausalLM(config)
+    return t.LlamaForCausalLM(t.LlamaConfig(**{**tiny, **config}))
 
 
-def bert() -> nn.Module:
+def bert(head: str = "BertForMaskedLM", **config: Any) -> nn.Module:
     t = transformers()
-    config = t.BertConfig(
+    tiny = dict(
         num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2, vocab_size=VOCAB,
         max_position_embeddings=32,
     )  # fmt: skip
-    return t.BertForMaskedLM(config)
+    return getattr(t, head)(t.BertConfig(**{**tiny, **config}))
 
 
-def t5() -> nn.Module:
+def t5(**config: Any) -> nn.Module:
     t = transformers()
-    config = t.T5Config(
+    tiny = dict(
         num_layers=2, num_decoder_layers=2, d_model=32, d_ff=64, num_heads=2, d_kv=16, vocab_size=VOCAB,
         decoder_start_token_id=0,
     )  # fmt: skip
-    return t.T5ForConditionalGeneration(config)
+    return t.T5ForConditionalGeneration(t.T5Config(**{**tiny, **config}))
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {"gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5}

@@ -19,6 +19,7 @@ from torch import nn
 import prune_magic as pm
 from tests import zoo
 from tests.conftest import same_bits, state
+from tests.engine import language_models as lm
 
 with contextlib.suppress(ImportError):  # transformers' image models import torchvision: its ops first
     zoo.torchvision()
@@ -33,45 +34,26 @@ def quiet() -> Iterator[None]:
         yield
 
 
+# the language models' tiny builders (tests/engine/language_models.py), wider: four heads to halve
 def gpt2() -> nn.Module:
-    t = transformers
-    config = t.GPT2Config(
-        vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
-    )
-    return t.GPT2LMHeadModel(config)
+    return lm.gpt2(vocab_size=100, n_embd=64, n_head=4, n_positions=64)
 
 
 def llama() -> nn.Module:  # grouped-query attention: 4 query heads read 2 key-value heads
-    t = transformers
-    config = t.LlamaConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )  # fmt: skip
-    return t.LlamaForCausalLM(config)
+    return lm.llama(**LLAMA)
 
 
 def llama_mqa(heads: int = 4) -> nn.Module:  # multi-query attention: one key-value head
-    t = transformers
-    config = t.LlamaConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16,
-        num_attention_heads=heads, num_key_value_heads=1 if heads == 4 else 2, max_position_embeddings=64,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )  # fmt: skip
-    return t.LlamaForCausalLM(config)
+    return lm.llama(
+        **LLAMA, head_dim=16, num_attention_heads=heads, num_key_value_heads=1 if heads == 4 else 2
+    )
 
 
 def bert() -> nn.Module:
-    t = transformers
-    config = t.BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=3,
-    )
-    return t.BertForSequenceClassification(config)
+    return lm.bert(
+        "BertForSequenceClassification", vocab_size=100, hidden_size=64, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=512, num_labels=3,
+    )  # fmt: skip
 
 
 def vit() -> nn.Module:
@@ -84,11 +66,12 @@ def vit() -> nn.Module:
 
 
 def t5() -> nn.Module:
-    t = transformers
-    config = t.T5Config(
-        vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, decoder_start_token_id=0
-    )
-    return t.T5ForConditionalGeneration(config)
+    return lm.t5(vocab_size=100, d_model=64, d_ff=128, num_heads=4)
+
+
+LLAMA = dict(
+    vocab_size=100, hidden_size=64, intermediate_size=128, max_position_embeddings=64, pad_token_id=0
+)
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Any]]] = {
